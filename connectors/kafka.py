@@ -1,0 +1,137 @@
+"""Kafka sources and sinks of the dataflows (confluent-kafka underneath).
+
+Sources are Bytewax's own :class:`~bytewax.connectors.kafka.KafkaSource`: one Bytewax partition
+per Kafka partition, offsets kept by Bytewax recovery (no consumer group), consumer errors turned
+into values (``raise_on_errors=False``) so they reach the dead-letter topic instead of crashing.
+
+Sinks encode records once and flush once per batch, so a batch is on the broker before Bytewax
+can close the epoch that produced it (at-least-once; keys make duplicates harmless).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
+
+from connectors import metrics
+from connectors.settings import Settings
+from undertow.schema import DeadLetter, Prediction
+
+X = TypeVar("X")
+
+Encoded = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+def kafka_source(settings: Settings, topic: str) -> KafkaSource:
+    """A bounded (``tail=False``) or live source over every partition of ``topic``."""
+    return KafkaSource(
+        settings.brokers,
+        [topic],
+        tail=settings.tail,
+        starting_offset=OFFSET_BEGINNING if settings.start_from == "earliest" else OFFSET_END,
+        add_config=settings.librdkafka(),
+        batch_size=settings.source_batch_size,
+        raise_on_errors=False,
+    )
+
+
+class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        encode: Callable[[X], Encoded],
+        after_write: Callable[[list[X]], None] | None,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._encode = encode
+        self._after_write = after_write
+        self._errors: list[str] = []
+
+    def _on_delivery(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def write_batch(self, items: list[X]) -> None:
+        produce = self._producer.produce
+        topic = self._topic
+        encode = self._encode
+        cb = self._on_delivery
+        for item in items:
+            key, value, headers = encode(item)
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, on_delivery=cb)
+                    break
+                except BufferError:  # local queue full: let librdkafka drain it, then retry
+                    self._producer.poll(0.05)
+        self._producer.flush()
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise KafkaException(f"could not write {len(errors)} records to {topic!r}: {errors[0]}")
+        if self._after_write is not None:
+            self._after_write(items)
+
+    def close(self) -> None:
+        self._producer.flush()
+
+
+class ProducerSink(DynamicSink[X], Generic[X]):
+    """Write records to one topic through ``encode(record) -> (key, value, headers)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        encode: Callable[[X], Encoded],
+        after_write: Callable[[list[X]], None] | None = None,
+    ) -> None:
+        self._config = {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+            **settings.librdkafka(),
+        }
+        self._topic = topic
+        self._encode = encode
+        self._after_write = after_write
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition[X]:
+        return _ProducerPartition(
+            Producer(self._config), self._topic, self._encode, self._after_write
+        )
+
+
+def encode_prediction(p: Prediction) -> Encoded:
+    return p.key.encode(), p.to_json(), None
+
+
+def encode_dead_letter(d: DeadLetter) -> Encoded:
+    """The raw bytes untouched as the value, the error in headers (as Kafka Connect does)."""
+    return d.key, d.raw, d.headers()
+
+
+def observe_processing_latency(predictions: list[Prediction]) -> None:
+    """Record read -> prediction written, once the batch is on the broker."""
+    now = time.time()
+    by_model: dict[str, list[float]] = {}
+    for p in predictions:
+        by_model.setdefault(p.model, []).append(now - p.read_at)
+    for model, values in by_model.items():
+        metrics.PROCESSING_LATENCY.observe_many(values, model)
+
+
+def prediction_sink(settings: Settings) -> ProducerSink[Prediction]:
+    return ProducerSink(
+        settings, settings.predictions_topic, encode_prediction, observe_processing_latency
+    )
+
+
+def dead_letter_sink(settings: Settings) -> ProducerSink[DeadLetter]:
+    return ProducerSink(settings, settings.deadletter_topic, encode_dead_letter)

@@ -1,0 +1,228 @@
+"""Every Prometheus metric undertow exports, declared in one place.
+
+Metrics live in prometheus-client's default registry, which Bytewax's API server serves at
+``http://HOST:$BYTEWAX_DATAFLOW_API_PORT/metrics`` (default 3030) when the dataflow runs with
+``BYTEWAX_DATAFLOW_API_ENABLED=true``; Bytewax's own step metrics and its Kafka consumer lag gauge
+are served there too. Names follow ``undertow_<noun>_<unit>``; labels are ``model``, ``step``,
+``reason`` (never an entity key).
+
+Histograms on the hot path use :class:`BatchHistogram`: the dataflow observes a whole batch of
+values with plain list arithmetic and the registry reads the buckets at scrape time, which costs
+about a fifth of ``prometheus_client.Histogram.observe`` per value (measured in
+``tests/test_metrics.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from undertow.schema import DEAD_LETTER_REASONS
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
+DELAY_BUCKETS = (1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 2 * 3600.0, 6 * 3600.0,
+                 86400.0, 3 * 86400.0)
+
+
+class BatchHistogram(Collector):
+    """A labelled histogram that takes many observations per call, cheaply.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> reg = CollectorRegistry()
+    >>> h = BatchHistogram("demo_seconds", "Demo.", ["model"], (1.0, 5.0), registry=reg)
+    >>> h.observe_many([0.5, 2.0, 9.0], "m")
+    >>> reg.get_sample_value("demo_seconds_bucket", {"model": "m", "le": "5.0"})
+    2.0
+    >>> reg.get_sample_value("demo_seconds_sum", {"model": "m"})
+    11.5
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: object = REGISTRY,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._series: dict[tuple[str, ...], list[float]] = {}  # counts per bucket, then the sum
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)  # type: ignore[attr-defined]
+
+    def series(self, *labelvalues: str) -> list[float]:
+        """The raw counters of one label set (created at zero), for repeated fast updates."""
+        s = self._series.get(labelvalues)
+        if s is None:
+            with self._lock:
+                s = self._series.setdefault(labelvalues, [0.0] * (len(self.bounds) + 2))
+        return s
+
+    def observe_many(self, values: Iterable[float], *labelvalues: str) -> None:
+        s = self.series(*labelvalues)
+        bounds = self.bounds
+        total = 0.0
+        for v in values:
+            s[bisect_left(bounds, v)] += 1
+            total += v
+        s[-1] += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labelvalues, s in list(self._series.items()):
+            snap = list(s)
+            cumulative = 0.0
+            buckets = []
+            for bound, count in zip(self.bounds, snap, strict=False):
+                cumulative += count
+                buckets.append((repr(bound), cumulative))
+            cumulative += snap[len(self.bounds)]
+            buckets.append(("+Inf", cumulative))
+            fam.add_metric(list(labelvalues), buckets, snap[-1])
+        yield fam
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+
+class StateSizes(Collector):
+    """Gauges of live state, summed over the shards of each step in this process.
+
+    Each shard's logic reports its own sizes with :meth:`set`; a shard that is dropped reports
+    zeros. Scrapes sum per step, so several workers in one process add up correctly.
+    """
+
+    def __init__(self, registry: object = REGISTRY) -> None:
+        self._sizes: dict[tuple[str, str], tuple[int, int]] = {}
+        if registry is not None:
+            registry.register(self)  # type: ignore[attr-defined]
+
+    def set(self, step: str, shard: str, entities: int, records: int) -> None:
+        self._sizes[(step, shard)] = (entities, records)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ent = GaugeMetricFamily(
+            "undertow_feature_entities", "Entities with live window state.", labels=["step"]
+        )
+        rec = GaugeMetricFamily(
+            "undertow_feature_records", "Records kept in window state.", labels=["step"]
+        )
+        totals: dict[str, list[int]] = {}
+        for (step, _), (e, r) in list(self._sizes.items()):
+            t = totals.setdefault(step, [0, 0])
+            t[0] += e
+            t[1] += r
+        for step, (e, r) in sorted(totals.items()):
+            ent.add_metric([step], e)
+            rec.add_metric([step], r)
+        yield ent
+        yield rec
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily("undertow_feature_entities", "", labels=["step"]),
+            GaugeMetricFamily("undertow_feature_records", "", labels=["step"]),
+        ]
+
+
+# -- input ----------------------------------------------------------------------------------------
+RECORDS_READ = Counter(
+    "undertow_records_read", "Records read from Kafka, by input stream.", ["stream"]
+)
+EVENTS = Counter("undertow_events", "Valid events decoded.")
+LABELS = Counter("undertow_labels", "Valid labels decoded.")
+DEAD_LETTERS = Counter(
+    "undertow_dead_letters", "Records sent to the dead-letter topic, by reason.", ["step", "reason"]
+)
+LATE_EVENTS = Counter(
+    "undertow_late_events",
+    "Events older than the allowed lateness when they reached a feature step.",
+    ["step"],
+)
+ENTITIES_EVICTED = Counter(
+    "undertow_feature_entities_evicted", "Idle entities dropped from window state.", ["step"]
+)
+STATE_SIZES = StateSizes()
+
+# -- model step -----------------------------------------------------------------------------------
+PREDICTIONS = Counter("undertow_predictions", "Predictions served.", ["model"])
+LABELS_LEARNED = Counter(
+    "undertow_labels_learned", "Labels learned on the served features.", ["model"]
+)
+PENDING_EXPIRED = Counter(
+    "undertow_pending_expired",
+    "Served predictions whose label never came (reason: ttl or capacity).",
+    ["model", "reason"],
+)
+EARLY_LABELS = Counter(
+    "undertow_early_labels", "Labels that came before their event and were held.", ["model"]
+)
+EARLY_LABELS_EXPIRED = Counter(
+    "undertow_early_labels_expired", "Held labels whose event never came.", ["model"]
+)
+DUPLICATE_EVENTS = Counter(
+    "undertow_duplicate_events", "Events whose id was already scored.", ["model"]
+)
+DRIFT_DETECTIONS = Counter(
+    "undertow_drift_detections",
+    "Concept drift detected by ADWIN on the served error stream.",
+    ["model"],
+)
+PENDING = Gauge("undertow_pending_predictions", "Served predictions waiting for a label.", ["model"])
+EARLY_WAITING = Gauge(
+    "undertow_early_labels_waiting", "Labels held while their event has not been seen.", ["model"]
+)
+LABELS_WAITING = Gauge(
+    "undertow_labels_waiting_for_time",
+    "Labels held because the model clock has not reached their time yet.",
+    ["model"],
+)
+ACCURACY = Gauge(
+    "undertow_model_accuracy_ratio", "Rolling accuracy of served predictions.", ["model"]
+)
+LOG_LOSS = Gauge("undertow_model_log_loss", "Rolling log-loss of served predictions.", ["model"])
+ERROR_ESTIMATE = Gauge(
+    "undertow_model_error_estimate_ratio",
+    "ADWIN's estimate of the mean absolute error of served scores.",
+    ["model"],
+)
+MODEL_VERSION = Gauge("undertow_model_version", "Version of the served model.", ["model"])
+MODEL_CLOCK = Gauge(
+    "undertow_model_clock_seconds", "Event time the model step has reached (epoch s).", ["model"]
+)
+
+# -- latency --------------------------------------------------------------------------------------
+PROCESSING_LATENCY = BatchHistogram(
+    "undertow_processing_latency_seconds",
+    "Wall time from reading an event to writing its prediction.",
+    ["model"],
+    LATENCY_BUCKETS,
+)
+EVENT_LAG = BatchHistogram(
+    "undertow_event_lag_seconds",
+    "Wall time at prediction minus the event's own time.",
+    ["model"],
+    LAG_BUCKETS,
+)
+LABEL_DELAY = BatchHistogram(
+    "undertow_label_delay_seconds",
+    "Label time minus event time, for learned labels.",
+    ["model"],
+    DELAY_BUCKETS,
+)
+
+
+def declare_reasons(step: str) -> None:
+    """Create every dead-letter series of a step at zero, so rate() works from the start."""
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERS.labels(step=step, reason=reason)

@@ -1,0 +1,131 @@
+"""Settings of an undertow dataflow, read once from ``UNDERTOW_*`` environment variables.
+
+Every field has a local-development default. A bad value stops start-up with one line that names
+the environment variable (:class:`ConfigError`), never a traceback.
+
+librdkafka options (security included) pass through untouched: every variable
+``UNDERTOW_KAFKA_OPT_<NAME>`` becomes the option ``<name>`` with ``_`` read as ``.``, e.g.
+``UNDERTOW_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL`` -> ``security.protocol``; or give a JSON object
+in ``UNDERTOW_KAFKA_OPTIONS``. Values are treated as secrets: they are never logged or printed.
+
+The environment is read by :func:`load_settings` from an explicit mapping (a plain pydantic model,
+not pydantic-settings' implicit ``os.environ`` lookup), so tests never inherit the caller's
+environment by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+PREFIX = "UNDERTOW_"
+KAFKA_OPT_PREFIX = f"{PREFIX}KAFKA_OPT_"
+
+
+class UndertowError(Exception):
+    """Base class of the project's own exceptions."""
+
+
+class ConfigError(UndertowError):
+    """A setting is missing or invalid; the message is one line naming the variable."""
+
+
+class Settings(BaseModel):
+    """All settings of the fraud dataflow (and the defaults of the others)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_options: dict[str, SecretStr] = Field(default_factory=dict)
+    events_topic: str = "events"
+    labels_topic: str = "labels"
+    predictions_topic: str = "predictions"
+    deadletter_topic: str = "deadletter"
+    #: Keep reading when the end of the topics is reached (live); false stops at the end (bounded).
+    tail: bool = True
+    #: Where a new dataflow starts reading: "earliest" or "latest". Recovery resumes regardless.
+    start_from: Literal["earliest", "latest"] = "earliest"
+    source_batch_size: int = Field(1000, gt=0)
+
+    #: The served model: "logreg" (StandardScaler | LogisticRegression) or "hat"
+    #: (HoeffdingAdaptiveTreeClassifier).
+    model: Literal["logreg", "hat"] = "logreg"
+    model_name: str = "fraud"
+    model_seed: int = 42
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    #: A pending prediction whose label has not come this long (event time) after its event expires.
+    label_ttl_s: float = Field(86_400.0, gt=0)
+    #: A label that comes before its event waits this long (event time) for it.
+    early_label_ttl_s: float = Field(3_600.0, ge=0)
+    max_pending: int = Field(1_000_000, gt=0)
+    quality_window: int = Field(1000, gt=0)
+
+    #: Entity state is split into this many shards, spread over the workers by Bytewax.
+    feature_shards: int = Field(32, gt=0)
+    #: Records up to this much older than the newest seen still get exact window features.
+    allowed_lateness_s: float = Field(300.0, ge=0)
+
+    @field_validator("kafka_bootstrap_servers", "events_topic", "labels_topic",
+                     "predictions_topic", "deadletter_topic", "model_name")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def brokers(self) -> list[str]:
+        return [b.strip() for b in self.kafka_bootstrap_servers.split(",") if b.strip()]
+
+    def librdkafka(self) -> dict[str, str]:
+        """The pass-through librdkafka options, secrets revealed (for the client only)."""
+        return {k: v.get_secret_value() for k, v in self.kafka_options.items()}
+
+
+def _kafka_opts_from_env(environ: dict[str, str]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for name, value in environ.items():
+        if name.startswith(KAFKA_OPT_PREFIX) and len(name) > len(KAFKA_OPT_PREFIX):
+            opts[name[len(KAFKA_OPT_PREFIX):].lower().replace("_", ".")] = value
+    return opts
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Read settings from the environment (or ``environ``); raise :class:`ConfigError` if bad.
+
+    >>> load_settings({"UNDERTOW_MODEL": "hat"}).model
+    'hat'
+    >>> load_settings({"UNDERTOW_LABEL_TTL_S": "-1"})
+    Traceback (most recent call last):
+    ...
+    connectors.settings.ConfigError: UNDERTOW_LABEL_TTL_S: Input should be greater than 0 (got '-1')
+    """
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, object] = {}
+    for name in Settings.model_fields:
+        var = f"{PREFIX}{name.upper()}"
+        if var in env:
+            values[name] = env[var]
+    opts: dict[str, object] = {}
+    if isinstance(values.get("kafka_options"), str):
+        try:
+            parsed = json.loads(str(values["kafka_options"]))
+        except ValueError as ex:
+            raise ConfigError(f"{PREFIX}KAFKA_OPTIONS: not a JSON object ({ex})") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{PREFIX}KAFKA_OPTIONS: not a JSON object")
+        opts.update({str(k): str(v) for k, v in parsed.items()})
+    opts.update(_kafka_opts_from_env(env))
+    values["kafka_options"] = opts
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as ex:
+        err = ex.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        got = values.get(field, "<default>")
+        shown = "<secret>" if field == "kafka_options" else repr(got)
+        raise ConfigError(f"{PREFIX}{field.upper()}: {err['msg']} (got {shown})") from None
