@@ -1,0 +1,280 @@
+"""The serve-then-learn logic against River's own progressive validation, and its state rules."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+from river import datasets, evaluate, linear_model, metrics, preprocessing, stream, tree
+from river.datasets import synth
+
+from undertow.learning import OnlineLearner
+from undertow.schema import DeadLetter, Event, FeaturedEvent, Label, Prediction
+
+
+def fixed_clock() -> float:
+    return 0.0
+
+
+def learner(model=None, *, ttl=10_000_000, early=0, **kw) -> OnlineLearner:
+    return OnlineLearner(
+        "m",
+        model if model is not None else linear_model.LogisticRegression(),
+        label_ttl_ms=ttl,
+        early_label_ttl_ms=early,
+        wall_clock=fixed_clock,
+        **kw,
+    )
+
+
+def ev(i: int | str, ts: int, x: dict | None = None) -> FeaturedEvent:
+    return FeaturedEvent(Event(f"e{i}", "k", ts, {}), x if x is not None else {"x": 1.0})
+
+
+def lb(i: int | str, ts: int, y: bool = True) -> Label:
+    return Label(f"e{i}", "k", ts, y, raw=f"label-{i}".encode(), topic="labels", partition=0,
+                 offset=0)
+
+
+def run(lr: OnlineLearner, records: list, *, end: bool = True) -> list:
+    out: list = []
+    for r in records:
+        if isinstance(r, FeaturedEvent):
+            lr.on_event(r, out)
+        else:
+            lr.on_label(r, out)
+    if end:
+        lr.on_end(out)
+    return out
+
+
+class Recorder:
+    """A River-shaped classifier that records what it was asked (the oracle of what was served)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.n = 0
+
+    def predict_proba_one(self, x):
+        self.calls.append(("predict", dict(x)))
+        p = self.n / (self.n + 1)
+        return {True: p, False: 1 - p}
+
+    def learn_one(self, x, y):
+        self.calls.append(("learn", dict(x), y))
+        self.n += 1
+
+
+# -- the invariants, one test each ----------------------------------------------------------------
+
+def test_event_is_scored_before_its_own_label_is_learned():
+    rec = Recorder()
+    out = run(learner(rec), [ev(1, 1000, {"a": 1.0}), lb(1, 1000)])
+    assert rec.calls == [("predict", {"a": 1.0}), ("learn", {"a": 1.0}, True)]
+    assert [(p.event_id, p.score, p.labels_learned) for p in out] == [("e1", 0.0, 0)]
+
+
+def test_learns_on_exactly_the_served_features():
+    seen = []
+
+    class Identity(Recorder):
+        def predict_proba_one(self, x):
+            seen.append(x)
+            return super().predict_proba_one(x)
+
+        def learn_one(self, x, y):
+            seen.append(x)
+            super().learn_one(x, y)
+
+    served = {"a": 1.0, "b": 2.0}
+    lr = learner(Identity())
+    run(lr, [ev(1, 1000, served), ev(2, 3000, {"a": 5.0}), lb(1, 2000)], end=False)
+    assert lr.labels_learned == 1
+    # The very vector that was scored is the one learned: nothing is recomputed later.
+    assert seen[0] is served and seen[2] is served
+
+
+def test_label_waits_until_the_clock_reaches_its_time():
+    rec = Recorder()
+    lr = learner(rec)
+    # Label e1 arrives right after e1 but is only true at t=5000.
+    run(lr, [ev(1, 1000, {"i": 1.0}), lb(1, 5000), ev(2, 4999, {"i": 2.0})], end=False)
+    assert [c[0] for c in rec.calls] == ["predict", "predict"]
+    assert lr.waiting_labels == 1
+    # Tie rule of simulate_qa: a label with ts <= the event's ts is learned before it is scored.
+    run(lr, [ev(3, 5000, {"i": 3.0})], end=False)
+    assert [c[0] for c in rec.calls] == ["predict", "predict", "learn", "predict"]
+    assert lr.labels_learned == 1
+
+
+def test_pending_expires_after_ttl_and_late_label_is_dead_lettered():
+    lr = learner(ttl=1000)
+    out = run(lr, [ev(1, 0), ev(2, 1000)], end=False)
+    assert len(lr.pending) == 2  # deadline 1000 is not passed at clock 1000
+    out = run(lr, [ev(3, 1001)], end=False)
+    assert set(lr.pending) == {"e2", "e3"}
+    assert lr.counts.pending_expired["ttl"] == 1
+    out = run(lr, [lb(1, 1001)], end=False)
+    assert [(d.reason, d.raw, d.topic) for d in out] == [("expired_event", b"label-1", "labels")]
+    assert lr.labels_learned == 0
+
+
+def test_label_after_ttl_for_a_still_pending_event_expires_it():
+    lr = learner(ttl=1000)
+    run(lr, [ev(1, 0), ev(2, 5000)], end=False)  # e1 expired by the clock already
+    lr2 = learner(ttl=1000)
+    out = run(lr2, [ev(1, 0), lb(1, 1500), ev(2, 1500)], end=False)
+    assert [type(o).__name__ for o in out] == ["Prediction", "DeadLetter", "Prediction"]
+    assert out[1].reason == "expired_event"
+    assert lr2.counts.pending_expired["ttl"] == 1 and lr2.labels_learned == 0
+
+
+def test_early_label_waits_for_its_event_then_is_learned_after_scoring():
+    rec = Recorder()
+    lr = learner(rec, early=10_000)
+    out = run(lr, [ev(0, 1000, {"i": 0.0}), lb(1, 1000), ev(1, 1000, {"i": 1.0})], end=False)
+    assert [c[0] for c in rec.calls] == ["predict", "predict", "learn"]
+    assert rec.calls[2] == ("learn", {"i": 1.0}, True)
+    assert lr.counts.early_labels == 1 and not lr.early
+    assert [p.event_id for p in out] == ["e0", "e1"]
+
+
+def test_early_label_whose_event_never_comes_expires_to_dead_letters():
+    lr = learner(early=1000)
+    out = run(lr, [ev(0, 1000), lb(9, 1000), ev(2, 2000)], end=False)
+    assert not [o for o in out if isinstance(o, DeadLetter)]
+    out = run(lr, [ev(3, 2001)], end=False)
+    assert [(d.reason, d.raw) for d in out if isinstance(d, DeadLetter)] == [
+        ("unknown_event", b"label-9")
+    ]
+    assert lr.counts.early_expired == 1 and not lr.early
+
+
+def test_duplicate_and_conflicting_labels_are_learned_once():
+    rec = Recorder()
+    lr = learner(rec)
+    out = run(lr, [ev(1, 0), lb(1, 10, True), lb(1, 20, True), lb(1, 30, False), ev(2, 40)])
+    assert sum(1 for c in rec.calls if c[0] == "learn") == 1
+    assert [d.reason for d in out if isinstance(d, DeadLetter)] == [
+        "duplicate_label", "conflicting_label"
+    ]
+
+
+def test_duplicate_event_is_dead_lettered_not_scored_twice():
+    lr = learner()
+    out = run(lr, [ev(1, 0), ev(1, 5)])
+    assert [type(o).__name__ for o in out] == ["Prediction", "DeadLetter"]
+    assert out[1].reason == "duplicate_event"
+
+
+def test_capacity_bound_expires_the_oldest_pending():
+    lr = learner(max_pending=2)
+    run(lr, [ev(1, 0), ev(2, 1), ev(3, 2)], end=False)
+    assert set(lr.pending) == {"e2", "e3"}
+    assert lr.counts.pending_expired["capacity"] == 1
+
+
+def test_finished_ids_are_forgotten_after_the_ttl():
+    lr = learner(ttl=100)
+    run(lr, [ev(1, 0), lb(1, 50), ev(2, 60)], end=False)
+    assert "e1" in lr.finished
+    run(lr, [ev(2, 151)], end=False)
+    assert "e1" not in lr.finished
+
+
+def test_learner_survives_a_pickle_round_trip_mid_stream():
+    records = [ev(1, 0, {"x": 1.0}), ev(2, 10, {"x": -1.0}), lb(1, 20, True), ev(3, 30, {"x": 0.5})]
+    whole = run(learner(preprocessing.StandardScaler() | linear_model.LogisticRegression()), records)
+    lr = learner(preprocessing.StandardScaler() | linear_model.LogisticRegression())
+    first = run(lr, records[:2], end=False)
+    lr = pickle.loads(pickle.dumps(lr))
+    rest = run(lr, records[2:])
+    assert first + rest == whole
+
+
+# -- oracle: river.evaluate.progressive_val_score ----------------------------------------------
+
+def _as_bool(ds):
+    for x, y in ds:
+        yield x, bool(y)
+
+
+STREAMS = {
+    "phishing": lambda: list(datasets.Phishing()),
+    "agrawal_drift": lambda: list(
+        _as_bool(
+            synth.ConceptDriftStream(
+                stream=synth.Agrawal(classification_function=0, seed=7),
+                drift_stream=synth.Agrawal(classification_function=4, seed=7),
+                position=1500, width=200, seed=7,
+            ).take(3000)
+        )
+    ),
+    "sea_drift": lambda: list(
+        _as_bool(
+            synth.ConceptDriftStream(
+                stream=synth.SEA(variant=0, seed=3), drift_stream=synth.SEA(variant=2, seed=3),
+                position=1500, width=50, seed=3,
+            ).take(3000)
+        )
+    ),
+}
+
+DELAYS = {
+    "constant": lambda: 25_000,  # 25 events at one event per second
+    "per_record": lambda: (lambda rng: lambda x, y: rng.randrange(0, 120_000))(random.Random(5)),
+}
+
+
+def _model():
+    return preprocessing.StandardScaler() | linear_model.LogisticRegression()
+
+
+@pytest.mark.parametrize("delay_name", sorted(DELAYS))
+@pytest.mark.parametrize("stream_name", sorted(STREAMS))
+def test_reproduces_progressive_val_score(stream_name, delay_name):
+    data = STREAMS[stream_name]()
+    rows = [({**x, "t": i * 1000}, y) for i, (x, y) in enumerate(data)]
+    delay_fn = DELAYS[delay_name]()
+    # Per-record delays must be drawn identically for River and for our label timestamps.
+    delays = (
+        [delay_fn] * len(rows)
+        if isinstance(delay_fn, int)
+        else [delay_fn(x, y) for x, y in rows]
+    )
+    it = iter(delays)
+    river_delay = delay_fn if isinstance(delay_fn, int) else (lambda x, y: next(it))
+    # pass-through features: the record's own fields, its time included
+    features = [x for x, _ in rows]
+
+    oracle_metric = metrics.ROCAUC()
+    oracle = [
+        r["Prediction"]
+        for r in evaluate.iter_progressive_val_score(
+            rows, _model(), oracle_metric, moment="t", delay=river_delay,
+            yield_predictions=True,
+        )
+    ]
+    it = iter(delays)
+    order = [
+        i for i, x, y in stream.simulate_qa(rows, moment="t", delay=river_delay) if y is not None
+    ]
+
+    # The dataflow's worst case: every label is delivered right after its own event, long before
+    # its time. The learner must hold it until the clock reaches it.
+    records = []
+    for i, ((x, y), d) in enumerate(zip(rows, delays)):
+        records.append(ev(i, x["t"], features[i]))
+        records.append(lb(i, x["t"] + d, y))
+    lr = learner(_model())
+    out = run(lr, records)
+    preds = {p.event_id: p.score for p in out if isinstance(p, Prediction)}
+    assert len(preds) == len(rows)
+    assert [preds[f"e{i}"] for i in order] == [p.get(True, 0.0) for p in oracle]
+
+    ours = metrics.ROCAUC()
+    for i in order:
+        ours.update(rows[i][1], preds[f"e{i}"])
+    assert ours.get() == oracle_metric.get()
+    assert lr.labels_learned == len(rows)
