@@ -84,8 +84,10 @@ class EntityHistory:
 class RollingFeatures:
     """Rolling count / sum / mean of one value per entity, plus time since the previous event.
 
-    Feature names are ``{name}_{agg}_{window}`` and ``{name}_secs_since_prev`` (absent for an
-    entity's first kept event). ``aggregates`` chooses among ``count``, ``sum`` and ``mean``.
+    Feature names are ``{name}_{agg}_{window}`` and ``{name}_secs_since_prev``: the seconds since
+    the entity's previous event, capped at the longest window (the value for a first event too),
+    so that it is exact from bounded state. ``aggregates`` chooses among ``count``, ``sum`` and
+    ``mean``.
     """
 
     def __init__(
@@ -159,8 +161,10 @@ class RollingFeatures:
                     out[sum_name] = s
                 if mean_name is not None:
                     out[mean_name] = s / n
-        if self._since_prev is not None and idx > start:
-            out[self._since_prev] = (ts - tss[idx - 1]) / 1000.0
+        if self._since_prev is not None:
+            # Capped at the longest window: exact from the kept records, and always present.
+            gap = ts - tss[idx - 1] if idx > start else self.longest_ms
+            out[self._since_prev] = (gap if gap < self.longest_ms else self.longest_ms) / 1000.0
         self._evict(entity, hist, wm)
         return out
 

@@ -1,30 +1,9 @@
 """The River models a dataflow can serve, by name.
 
->>> make_model("logreg")
-Pipeline (
-  StandardScaler (
-    with_std=True
-  ),
-  LogisticRegression (
-    optimizer=SGD (
-      lr=Constant (
-        learning_rate=0.01
-      )
-    )
-    loss=Log (
-      weight_pos=1.
-      weight_neg=1.
-    )
-    l2=0.
-    l1=0.
-    intercept_init=0.
-    intercept_lr=Constant (
-      learning_rate=0.01
-    )
-    clip_gradient=1e+12
-    initializer=Zeros ()
-  )
-)
+>>> [type(step).__name__ for step in make_model("logreg").steps.values()]
+['StandardScaler', 'LogisticRegression']
+>>> type(make_model("hat")).__name__
+'HoeffdingAdaptiveTreeClassifier'
 """
 
 from __future__ import annotations
