@@ -22,6 +22,10 @@ from undertow.features import RollingFeatures
 from undertow.schema import Event, FeaturedEvent
 
 
+def _event_order(fe: FeaturedEvent) -> tuple[int, str]:
+    return (fe.event.ts, fe.event.event_id)
+
+
 def shard_of(entity: str, shards: int) -> str:
     """The shard key of an entity: stable across processes (unlike ``hash``)."""
     return str(zlib.crc32(entity.encode()) % shards)
@@ -56,6 +60,9 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, FeaturedEvent, RollingFeatur
         vf = self.value_field
         finish = self.finish
         out = []
+        # Upstream steps group their output by key, so a batch can arrive out of event-time order;
+        # serve it in event-time order (ties by event id), which is the order the data happened.
+        values.sort(key=_event_order)
         for fe in values:
             ev = fe.event
             fields = ev.fields

@@ -98,6 +98,9 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, OnlineLearner]):
         learner = self.learner
         on_event = learner.on_event
         on_label = learner.on_label
+        # Serve each batch in record-time order: a label before an event at the same time (the
+        # tie rule of river's simulate_qa), events by id. Upstream grouping by key reorders.
+        values.sort(key=_record_order)
         for v in values:
             if type(v) is FeaturedEvent:
                 on_event(v, out)
@@ -114,6 +117,12 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, OnlineLearner]):
 
     def snapshot(self) -> OnlineLearner:
         return self.learner
+
+
+def _record_order(v: FeaturedEvent | Label) -> tuple[int, int, str]:
+    if type(v) is FeaturedEvent:
+        return (v.event.ts, 1, v.event.event_id)
+    return (v.ts, 0, v.event_id)  # type: ignore[union-attr]
 
 
 def _copy_counts(c: LearnerCounts) -> LearnerCounts:

@@ -1,0 +1,97 @@
+"""The fraud dataflow end to end on Bytewax's testing connectors (no broker)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from bytewax.connectors.kafka import KafkaSourceMessage
+from bytewax.testing import TestingSink, TestingSource, run_main
+from prometheus_client import REGISTRY
+
+from connectors.settings import load_settings
+from dataflows.fraud import build_flow
+from undertow.models import make_model
+from undertow.reference import run_reference
+from undertow.schema import DeadLetter, Prediction
+from undertow.workload import WorkloadConfig, generate, malformed_records
+
+
+def msgs(values: list[bytes], topic: str) -> list[KafkaSourceMessage]:
+    return [
+        KafkaSourceMessage(b"k", v, topic=topic, partition=0, offset=i)
+        for i, v in enumerate(values)
+    ]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def run_flow(events: list[bytes], labels: list[bytes], **overrides):
+    settings = load_settings({}, **overrides)
+    preds: list[Prediction] = []
+    dead: list[DeadLetter] = []
+    flow = build_flow(
+        settings,
+        sources={
+            # All labels come in one batch, before their time: the learner must hold them.
+            "events": TestingSource(msgs(events, "events"), batch_size=50),
+            "labels": TestingSource(msgs(labels, "labels"), batch_size=max(1, len(labels))),
+        },
+        sinks={"predictions": TestingSink(preds), "deadletter": TestingSink(dead)},
+    )
+    run_main(flow)
+    return preds, dead
+
+
+@pytest.fixture(scope="module")
+def workload():
+    return generate(WorkloadConfig(seed=11, n_events=3000, n_cards=200, n_merchants=40))
+
+
+def test_every_event_scored_once_and_every_bad_record_dead_lettered(workload):
+    bad = malformed_records(3, 20)
+    events = [orjson.dumps(e) for e in workload.events]
+    # mix the malformed payloads in at fixed places
+    mixed = list(events)
+    positions = [100 * i + 7 for i in range(len(bad))]
+    for pos, (raw, _) in zip(positions, bad):
+        mixed.insert(pos, raw)
+    labels = [orjson.dumps(lb) for lb in workload.labels] + [b"not json", b'{"event_id": 1}']
+    learned_before = sample("undertow_labels_learned_total", model="fraud")
+    preds, dead = run_flow(mixed, labels)
+
+    assert sorted(p.event_id for p in preds) == sorted(e["event_id"] for e in workload.events)
+    assert {p.model for p in preds} == {"fraud"}
+    assert all(0.0 <= p.score <= 1.0 and p.predicted == (p.score >= 0.5) for p in preds)
+
+    by_raw = {(d.raw, d.reason) for d in dead}
+    assert {(raw, reason) for raw, reason in bad} <= by_raw
+    assert (b"not json", "bad_json") in by_raw and (b'{"event_id": 1}', "wrong_type") in by_raw
+    assert len(dead) == len(bad) + 2
+    ev_dead = [d for d in dead if d.topic == "events"]
+    assert sorted(d.offset for d in ev_dead) == positions
+    # every label was learned exactly once
+    learned = sample("undertow_labels_learned_total", model="fraud") - learned_before
+    assert learned == len(workload.labels)
+
+
+def test_predictions_equal_the_plain_river_loop(workload):
+    """With labels held until their time, the dataflow serves what the in-memory loop serves."""
+    events = [orjson.dumps(e) for e in workload.events]
+    labels = [orjson.dumps(lb) for lb in workload.labels]
+    preds, dead = run_flow(events, labels)
+    assert dead == []
+    ref = run_reference(workload.events, workload.labels, make_model("logreg"))
+    got = {p.event_id: p.score for p in preds}
+    assert got == ref.scores
+    assert ref.learned == len(workload.labels)
+
+
+def test_hoeffding_tree_is_selectable(workload):
+    events = [orjson.dumps(e) for e in workload.events[:500]]
+    labels = [orjson.dumps(lb) for lb in workload.labels if int(lb["event_id"][1:]) < 500]
+    preds, _ = run_flow(events, labels, model="hat")
+    ref = run_reference(workload.events[:500],
+                        [orjson.loads(x) for x in labels], make_model("hat"))
+    assert {p.event_id: p.score for p in preds} == ref.scores
