@@ -655,7 +655,7 @@ def malformed_records(seed: int, n: int) -> list[tuple[bytes, str]]:
             base["amount"] = -round(rng.uniform(0.01, 500.0), 2)
             payload = _dumps(base)
         else:  # unknown_channel
-            base["channel"] = rng.choice(["mail", "phone", "POS", "crypto", ""])
+            base["channel"] = rng.choice(["mail", "phone", "POS", "crypto", "wire"])
             payload = _dumps(base)
         out.append((payload, reason))
     return out

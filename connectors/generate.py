@@ -1,0 +1,392 @@
+"""Write a synthetic card-transaction workload to Kafka or to JSONL files.
+
+    python -m connectors.generate --events 100000 --to kafka
+    python -m connectors.generate --events 20000 --to jsonl --out-dir run/workload
+    python -m connectors.generate --rate 500 --malformed 20        # paced, with dead letters
+
+Records come from :mod:`undertow.workload` in merged time order (an event at
+its ts, a label at its label ts, labels first at ties), so labels become due
+as the stream reaches their time. Kafka messages are keyed by ``card_id`` and
+carry the record's ts as their timestamp. Malformed event payloads
+(``--malformed N``) are mixed into the events topic/file at deterministic
+positions, keyless, with the timestamp of the event that follows them.
+
+At the end one JSON line is printed on stdout: events, labels, malformed,
+positives (positive labels written), fraud_events (ground truth), drift_ts,
+delivery_errors and seconds. The exit status is 1 if any Kafka delivery failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from undertow.workload import (
+    DEFAULT_START_MS,
+    RecordStream,
+    WorkloadConfig,
+    malformed_records,
+)
+
+ENV_BOOTSTRAP = "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS"
+ENV_EVENTS_TOPIC = "UNDERTOW_EVENTS_TOPIC"
+ENV_LABELS_TOPIC = "UNDERTOW_LABELS_TOPIC"
+
+
+class Sink(Protocol):
+    """Where records go; ``close`` returns the number of failed deliveries."""
+
+    def event(self, value: bytes, key: bytes | None, ts: int) -> None: ...
+
+    def label(self, value: bytes, key: bytes | None, ts: int) -> None: ...
+
+    def idle(self) -> None: ...
+
+    def close(self) -> int: ...
+
+
+class JsonlSink:
+    """``events.jsonl`` and ``labels.jsonl`` in ``out_dir``, one record per line."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.events_path = out_dir / "events.jsonl"
+        self.labels_path = out_dir / "labels.jsonl"
+        self._events = self.events_path.open("wb", buffering=1 << 20)
+        self._labels = self.labels_path.open("wb", buffering=1 << 20)
+
+    def event(self, value: bytes, key: bytes | None, ts: int) -> None:
+        self._events.write(value + b"\n")
+
+    def label(self, value: bytes, key: bytes | None, ts: int) -> None:
+        self._labels.write(value + b"\n")
+
+    def idle(self) -> None:
+        self._events.flush()
+        self._labels.flush()
+
+    def close(self) -> int:
+        self._events.close()
+        self._labels.close()
+        return 0
+
+
+class KafkaSink:
+    """confluent-kafka producer; counts failed deliveries."""
+
+    def __init__(
+        self, bootstrap_servers: str, events_topic: str, labels_topic: str, timeout_s: float
+    ) -> None:
+        from confluent_kafka import Producer  # imported lazily: JSONL mode needs no librdkafka
+
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "linger.ms": 5,
+                "batch.num.messages": 10000,
+                "compression.type": "none",
+                "message.timeout.ms": int(timeout_s * 1000),
+            }
+        )
+        self._events_topic = events_topic
+        self._labels_topic = labels_topic
+        self._timeout_s = timeout_s
+        self._pending = 0
+        self.delivered = 0
+        self.errors = 0
+        self.first_error: str | None = None
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = str(err)
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, ts: int) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, timestamp=ts, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:  # local queue full: let librdkafka drain it
+                self._producer.poll(0.05)
+        self._pending += 1
+        if self._pending >= 1000:
+            self._producer.poll(0)
+            self._pending = 0
+
+    def event(self, value: bytes, key: bytes | None, ts: int) -> None:
+        self._produce(self._events_topic, value, key, ts)
+
+    def label(self, value: bytes, key: bytes | None, ts: int) -> None:
+        self._produce(self._labels_topic, value, key, ts)
+
+    def idle(self) -> None:
+        self._producer.poll(0)
+
+    def close(self) -> int:
+        # Past message.timeout.ms every message has been reported one way or the other.
+        undelivered = self._producer.flush(self._timeout_s + 5.0)
+        if undelivered and self.first_error is None:
+            self.first_error = f"{undelivered} messages still undelivered after flush"
+        return self.errors + undelivered
+
+
+def _drift_at(text: str) -> float | None:
+    if text.strip().lower() in {"none", "off", "never", ""}:
+        return None
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be within [0, 1] or 'none'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m connectors.generate",
+        description="Generate card transactions and their delayed fraud labels "
+        "(deterministic by seed) into Kafka or JSONL files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    workload = parser.add_argument_group("workload")
+    workload.add_argument("--seed", type=int, default=42, help="random seed")
+    workload.add_argument("--events", type=int, default=100_000, metavar="N", help="event count")
+    workload.add_argument("--cards", type=int, default=1000, help="number of cards")
+    workload.add_argument("--merchants", type=int, default=200, help="number of merchants")
+    workload.add_argument("--fraud-rate", type=float, default=0.03, help="target share of fraud")
+    workload.add_argument(
+        "--drift-at",
+        type=_drift_at,
+        default=0.5,
+        help="fraction of the stream where the fraud pattern changes, or 'none'",
+    )
+    workload.add_argument(
+        "--mean-interarrival-ms",
+        type=float,
+        default=200.0,
+        help="mean event-time gap between consecutive events (all cards)",
+    )
+    workload.add_argument(
+        "--start-ms", type=int, default=DEFAULT_START_MS, help="event time origin (epoch ms)"
+    )
+    workload.add_argument(
+        "--label-delay-min-s", type=float, default=1.0, help="shortest label delay"
+    )
+    workload.add_argument(
+        "--label-delay-median-s",
+        type=float,
+        default=120.0,
+        help="median label delay (lognormal)",
+    )
+    workload.add_argument(
+        "--label-delay-max-s", type=float, default=7200.0, help="longest label delay"
+    )
+    workload.add_argument(
+        "--label-coverage", type=float, default=1.0, help="fraction of events that get a label"
+    )
+    workload.add_argument(
+        "--malformed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="mix N malformed event payloads into the events topic/file",
+    )
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--to", choices=("kafka", "jsonl"), default="kafka", help="destination")
+    out.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get(ENV_BOOTSTRAP, "127.0.0.1:9092"),
+        help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})",
+    )
+    out.add_argument(
+        "--events-topic",
+        default=os.environ.get(ENV_EVENTS_TOPIC, "events"),
+        help=f"events topic (env {ENV_EVENTS_TOPIC})",
+    )
+    out.add_argument(
+        "--labels-topic",
+        default=os.environ.get(ENV_LABELS_TOPIC, "labels"),
+        help=f"labels topic (env {ENV_LABELS_TOPIC})",
+    )
+    out.add_argument(
+        "--delivery-timeout-s",
+        type=float,
+        default=60.0,
+        help="Kafka message timeout and final flush timeout",
+    )
+    out.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("run/workload"),
+        help="directory for events.jsonl and labels.jsonl (--to jsonl)",
+    )
+    out.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="target events per second of wall time (0 = as fast as possible)",
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> WorkloadConfig:
+    return WorkloadConfig(
+        seed=args.seed,
+        n_events=args.events,
+        n_cards=args.cards,
+        n_merchants=args.merchants,
+        start_ms=args.start_ms,
+        mean_interarrival_ms=args.mean_interarrival_ms,
+        fraud_rate=args.fraud_rate,
+        drift_at=args.drift_at,
+        delay_min_ms=round(args.label_delay_min_s * 1000),
+        delay_median_ms=round(args.label_delay_median_s * 1000),
+        delay_max_ms=round(args.label_delay_max_s * 1000),
+        label_coverage=args.label_coverage,
+    )
+
+
+def malformed_positions(seed: int, n_events: int, n_malformed: int) -> list[int]:
+    """Sorted event indices before which the malformed payloads go (repeats allowed).
+
+    >>> malformed_positions(1, 100, 3) == malformed_positions(1, 100, 3)
+    True
+    >>> all(0 <= p <= 100 for p in malformed_positions(1, 100, 50))
+    True
+    """
+    rng = random.Random(f"undertow.generate:{seed}:malformed-positions")
+    return sorted(rng.randrange(n_events + 1) for _ in range(n_malformed))
+
+
+def run(
+    config: WorkloadConfig,
+    sink: Sink,
+    *,
+    n_malformed: int = 0,
+    rate: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write the workload to ``sink``; return the summary (without delivery errors).
+
+    Ctrl-C stops early; the summary then says ``"interrupted": true``.
+    """
+    started = time.monotonic()
+    stream = RecordStream(config)
+    bad = malformed_records(config.seed, n_malformed)
+    positions = malformed_positions(config.seed, config.n_events, n_malformed)
+    next_bad = 0
+    n_events = 0
+    last_event_ts = config.start_ms
+    dumps = orjson.dumps
+    last_report = started
+    interrupted = False
+
+    def emit_malformed_before(index: int, ts: int) -> None:
+        nonlocal next_bad
+        while next_bad < len(positions) and positions[next_bad] <= index:
+            sink.event(bad[next_bad][0], None, ts)
+            next_bad += 1
+
+    try:
+        for kind, record in stream:
+            ts = record["ts"]
+            key = record["card_id"].encode()
+            if kind == "label":
+                sink.label(dumps(record), key, ts)
+                continue
+            emit_malformed_before(n_events, ts)
+            if rate > 0:
+                due = started + n_events / rate
+                while (wait := due - time.monotonic()) > 0:
+                    sink.idle()
+                    time.sleep(min(wait, 0.05))
+            sink.event(dumps(record), key, ts)
+            last_event_ts = ts
+            n_events += 1
+            if progress is not None and n_events % 1024 == 0:
+                now = time.monotonic()
+                if now - last_report >= 2.0:
+                    last_report = now
+                    progress(
+                        f"generate: {n_events}/{config.n_events} events, "
+                        f"{stream.n_labels} labels, {n_events / (now - started):,.0f} events/s"
+                    )
+        # Payloads placed after the last event.
+        emit_malformed_before(config.n_events, last_event_ts)
+    except KeyboardInterrupt:
+        interrupted = True
+    summary: dict[str, Any] = {
+        "events": n_events,
+        "labels": stream.n_labels,
+        "malformed": next_bad,
+        "positives": stream.n_positive_labels,
+        "fraud_events": stream.n_fraud,
+        "drift_ts": stream.drift_ts,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if interrupted:
+        summary["interrupted"] = True
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.malformed < 0:
+        parser.error("--malformed must be >= 0")
+    if args.rate < 0:
+        parser.error("--rate must be >= 0")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    started = time.monotonic()
+    sink: Sink
+    if args.to == "kafka":
+        sink = KafkaSink(
+            args.bootstrap_servers, args.events_topic, args.labels_topic, args.delivery_timeout_s
+        )
+    else:
+        sink = JsonlSink(args.out_dir)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        summary = run(
+            config,
+            sink,
+            n_malformed=args.malformed,
+            rate=args.rate,
+            progress=None if args.quiet else progress,
+        )
+    finally:
+        errors = sink.close()
+    summary["delivery_errors"] = errors
+    summary["seconds"] = round(time.monotonic() - started, 3)  # including the final flush
+    summary["to"] = args.to
+    if isinstance(sink, KafkaSink) and sink.first_error is not None:
+        print(f"generate: delivery failed: {sink.first_error}", file=sys.stderr)
+    print(orjson.dumps(summary).decode(), flush=True)
+    if summary.get("interrupted"):
+        return 130
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
