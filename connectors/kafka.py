@@ -34,7 +34,9 @@ def kafka_source(settings: Settings, topic: str) -> KafkaSource:
         [topic],
         tail=settings.tail,
         starting_offset=OFFSET_BEGINNING if settings.start_from == "earliest" else OFFSET_END,
-        add_config=settings.librdkafka(),
+        # A short fetch wait bounds latency on a quiet topic (Tansu answers a waiting fetch only
+        # when this runs out); users can override it like any librdkafka option.
+        add_config={"fetch.wait.max.ms": "20", **settings.librdkafka()},
         batch_size=settings.source_batch_size,
         raise_on_errors=False,
     )

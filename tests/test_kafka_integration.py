@@ -1,0 +1,190 @@
+"""The real fraud dataflow on the embedded broker: nothing lost, counts add up exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+from bytewax.testing import run_main
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client import REGISTRY
+
+from connectors.broker import EmbeddedKafka, free_port
+from connectors.settings import load_settings
+from dataflows.fraud import build_flow
+from undertow.workload import WorkloadConfig, generate, malformed_records
+
+ROOT = Path(__file__).resolve().parents[1]
+TTL_S = 1800.0
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int]]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    errors: list = []
+    for key, value, ts in records:
+        p.produce(topic, value, key, timestamp=ts,
+                  on_delivery=lambda err, _m: errors.append(err) if err else None)
+        p.poll(0)
+    assert p.flush(30) == 0 and not errors
+
+
+def consume_all(bootstrap: str, topic: str, partitions: int) -> list:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "check",
+                  "enable.partition.eof": True, "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, i, 0) for i in range(partitions)])
+    out, eof, deadline = [], set(), time.time() + 30
+    while len(eof) < partitions and time.time() < deadline:
+        for m in c.consume(1000, timeout=0.5):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                continue
+            out.append(m)
+    c.close()
+    assert len(eof) == partitions, f"did not reach the end of {topic}"
+    return out
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture(scope="module")
+def loaded(kafka: EmbeddedKafka):
+    """A workload with delayed labels, a drift, unlabelled events and malformed records."""
+    w = generate(WorkloadConfig(seed=5, n_events=6000, n_cards=300, n_merchants=50,
+                                label_coverage=0.9))
+    suffix = os.urandom(4).hex()
+    names = {n: f"{n}-it-{suffix}" for n in ("events", "labels", "predictions", "deadletter")}
+    kafka.create_topics([names["events"], names["labels"]], partitions=3)
+    kafka.create_topics([names["predictions"], names["deadletter"]], partitions=1)
+    bad = malformed_records(9, 25)
+    ev = [(e["card_id"].encode(), orjson.dumps(e), e["ts"]) for e in w.events]
+    for i, (raw, _) in enumerate(bad):
+        ev.insert(200 * i + 3, (None, raw, w.events[200 * i]["ts"]))
+    bad_labels = [b'{"event_id":"e1","card_id":"c1","is_fraud":"yes","ts":1}', b"\xff\xfe"]
+    lb = [(x["card_id"].encode(), orjson.dumps(x), x["ts"]) for x in w.labels]
+    lb += [(b"c1", raw, 1) for raw in bad_labels]
+    produce(kafka.bootstrap_servers, names["events"], ev)
+    produce(kafka.bootstrap_servers, names["labels"], lb)
+    return w, names, bad, bad_labels
+
+
+def expected_counts(w) -> dict[str, int]:
+    ttl = int(TTL_S * 1000)
+    ts_of = {e["event_id"]: e["ts"] for e in w.events}
+    last = max(ts_of.values())
+    in_ttl = {x["event_id"] for x in w.labels if x["ts"] <= ts_of[x["event_id"]] + ttl}
+    late = {x["event_id"] for x in w.labels} - in_ttl
+    expired = sum(
+        1 for eid, ts in ts_of.items()
+        if eid not in in_ttl and (ts + ttl < last or eid in late)
+    )
+    return {"learned": len(in_ttl), "late_labels": len(late), "expired": expired,
+            "still_pending": len(ts_of) - len(in_ttl) - expired}
+
+
+def test_dataflow_on_kafka_loses_nothing(kafka: EmbeddedKafka, loaded):
+    w, names, bad, bad_labels = loaded
+    settings = load_settings(
+        {},
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        events_topic=names["events"], labels_topic=names["labels"],
+        predictions_topic=names["predictions"], deadletter_topic=names["deadletter"],
+        tail=False, label_ttl_s=TTL_S, model_name="it",
+    )
+    before = {k: metric(k, model="it") for k in (
+        "undertow_labels_learned_total", "undertow_predictions_total")}
+    expired_before = metric("undertow_pending_expired_total", model="it", reason="ttl")
+    run_main(build_flow(settings))
+
+    preds = [orjson.loads(m.value()) for m in consume_all(kafka.bootstrap_servers,
+                                                          names["predictions"], 1)]
+    dead = consume_all(kafka.bootstrap_servers, names["deadletter"], 1)
+    exp = expected_counts(w)
+
+    # every valid event has exactly one prediction
+    assert sorted(p["event_id"] for p in preds) == sorted(e["event_id"] for e in w.events)
+    assert set(preds[0]) == {"event_id", "key", "score", "predicted", "model", "model_version",
+                             "labels_learned", "event_ts", "processed_at"}
+    # every malformed record is in the dead-letter topic with its raw bytes and reason
+    def hdr(m, k):
+        return dict(m.headers())[f"undertow.error.{k}"].decode()
+    got_bad = sorted((m.value() or b"", hdr(m, "reason")) for m in dead
+                     if hdr(m, "topic") == names["events"])
+    assert got_bad == sorted((raw, reason) for raw, reason in bad)
+    label_dead = [(m.value(), hdr(m, "reason")) for m in dead if hdr(m, "topic") == names["labels"]]
+    assert sorted(r for v, r in label_dead if v in bad_labels) == ["bad_json", "wrong_type"]
+    # labels within the TTL are learned exactly once; later ones are dead-lettered as expired
+    assert sum(1 for _, r in label_dead if r == "expired_event") == exp["late_labels"]
+    learned = metric("undertow_labels_learned_total", model="it") - before[
+        "undertow_labels_learned_total"]
+    assert learned == exp["learned"]
+    expired = metric("undertow_pending_expired_total", model="it", reason="ttl") - expired_before
+    assert expired == exp["expired"]
+    # nothing lost: every record is a prediction, a learned label, an expiry or a dead letter
+    assert len(preds) + len(got_bad) == len(w.events) + len(bad)
+    assert learned + len(label_dead) == len(w.labels) + len(bad_labels)
+    assert len(dead) == len(bad) + len(bad_labels) + exp["late_labels"]
+    assert metric("undertow_pending_predictions", model="it") == exp["still_pending"]
+
+
+def test_bytewax_run_serves_metrics_on_the_api_port(kafka: EmbeddedKafka, loaded):
+    """`python -m bytewax.run dataflows.fraud:flow`, live, as a user runs it."""
+    _, names, _, _ = loaded
+    port = free_port()
+    env = {
+        **os.environ,
+        "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "UNDERTOW_EVENTS_TOPIC": names["events"],
+        "UNDERTOW_LABELS_TOPIC": names["labels"],
+        "UNDERTOW_PREDICTIONS_TOPIC": f"{names['predictions']}-cli",
+        "UNDERTOW_DEADLETTER_TOPIC": f"{names['deadletter']}-cli",
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+    }
+    kafka.create_topics([env["UNDERTOW_PREDICTIONS_TOPIC"], env["UNDERTOW_DEADLETTER_TOPIC"]])
+    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        text, deadline = "", time.time() + 60
+        while time.time() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read(
+                ).decode()
+                if 'undertow_predictions_total{model="fraud"} 6000.0' in text:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert 'undertow_predictions_total{model="fraud"} 6000.0' in text, text[-2000:]
+        for family in ("undertow_events_total", "undertow_labels_learned_total",
+                       "undertow_dead_letters_total", "undertow_processing_latency_seconds_bucket",
+                       "undertow_event_lag_seconds_bucket", "undertow_label_delay_seconds_bucket",
+                       "undertow_model_accuracy_ratio", "undertow_model_log_loss",
+                       "undertow_model_error_estimate_ratio", "undertow_drift_detections_total",
+                       "undertow_feature_entities", "bytewax_kafka_consumer_lag"):
+            assert family in text, family
+        assert proc.poll() is None  # live mode keeps running
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_bad_setting_stops_start_up_with_one_line():
+    env = {**os.environ, "UNDERTOW_LABEL_TTL_S": "soon"}
+    r = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "undertow: bad setting: UNDERTOW_LABEL_TTL_S: Input should be a valid number, "
+        "unable to parse string as a number (got 'soon')"
+    ]
