@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
 from connectors import metrics
 from connectors.settings import Settings
@@ -40,6 +41,21 @@ def kafka_source(settings: Settings, topic: str) -> KafkaSource:
         batch_size=settings.source_batch_size,
         raise_on_errors=False,
     )
+
+
+def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> int | None:
+    """How many partitions ``topic`` has, or None if the broker does not list it.
+
+    Lists all topics rather than naming one: naming a topic in a metadata request can create it
+    (Tansu does, as does Kafka with ``auto.create.topics.enable``).
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         **settings.librdkafka()})
+    md = admin.list_topics(timeout=timeout)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        return None
+    return len(t.partitions)
 
 
 class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):

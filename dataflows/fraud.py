@@ -18,7 +18,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.kafka import dead_letter_sink, kafka_source, prediction_sink
+from connectors.kafka import dead_letter_sink, kafka_source, partition_count, prediction_sink
 from connectors.settings import ConfigError, Settings, load_settings
 from operators.decode import decode_events, decode_labels
 from operators.features import rolling_features
@@ -28,7 +28,7 @@ from undertow.learning import OnlineLearner
 from undertow.models import make_model
 
 
-def make_learner(settings: Settings) -> OnlineLearner:
+def make_learner(settings: Settings, *, label_partitions: int | None = None) -> OnlineLearner:
     return OnlineLearner(
         settings.model_name,
         make_model(settings.model, seed=settings.model_seed),
@@ -37,6 +37,7 @@ def make_learner(settings: Settings) -> OnlineLearner:
         max_pending=settings.max_pending,
         threshold=settings.threshold,
         quality_window=settings.quality_window,
+        label_partitions=label_partitions,
     )
 
 
@@ -69,7 +70,15 @@ def build_flow(
         make_state=lambda: fraud.card_state(lateness), shards=s.feature_shards,
         finish=fraud.add_ratios,
     )
-    served = serve_and_learn("model", featured, labels.oks, make_learner=lambda: make_learner(s))
+    def learner_at_run_time() -> OnlineLearner:
+        # The label watermark waits for every label partition; ask the broker how many there are
+        # (at run time, on the worker: importing this module does no I/O).
+        parts = None if "labels" in sources else partition_count(s, s.labels_topic)
+        return make_learner(s, label_partitions=parts)
+
+    served = serve_and_learn(
+        "model", featured, labels.oks, model_name=s.model_name, make_learner=learner_at_run_time
+    )
 
     op.output("predictions_out", served.predictions, sinks.get("predictions") or prediction_sink(s))
     dead = op.merge("dead_letters", events.errs, labels.errs, served.errs)

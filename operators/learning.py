@@ -138,6 +138,7 @@ def serve_and_learn(
     events: Stream[FeaturedEvent],
     labels: Stream[Label],
     *,
+    model_name: str,
     make_learner: Callable[[], OnlineLearner],
 ) -> LearnOut:
     """Score every event with the learner's model and learn from each label when it is due.
@@ -150,7 +151,7 @@ def serve_and_learn(
     >>> evs = op.input("evs", flow, TestingSource(
     ...     [FeaturedEvent(Event("e1", "c1", 1000, {}), {"x": 1.0})]))
     >>> lbs = op.input("lbs", flow, TestingSource([]))
-    >>> out = serve_and_learn("model", evs, lbs, make_learner=lambda: OnlineLearner(
+    >>> out = serve_and_learn("model", evs, lbs, model_name="m", make_learner=lambda: OnlineLearner(
     ...     "m", linear_model.LogisticRegression(), label_ttl_ms=60_000,
     ...     early_label_ttl_ms=0, wall_clock=lambda: 0.0))
     >>> preds = []
@@ -159,14 +160,20 @@ def serve_and_learn(
     >>> [(p.event_id, p.score, p.predicted, p.model) for p in preds]
     [('e1', 0.5, True, 'm')]
     """
-    name = make_learner().name
+    name = model_name
     metrics.declare_reasons(step_id)
     ke = op.key_on("key_events", events, lambda _: name)
     kl = op.key_on("key_labels", labels, lambda _: name)
     merged = op.merge("merge", ke, kl)
 
     def build(resume: OnlineLearner | None) -> _LearnerLogic:
-        return _LearnerLogic(step_id, resume if resume is not None else make_learner())
+        learner = resume if resume is not None else make_learner()
+        if learner.name != name:
+            raise ValueError(
+                f"serve_and_learn {step_id!r}: learner is named {learner.name!r}, "
+                f"expected {name!r}"
+            )
+        return _LearnerLogic(step_id, learner)
 
     out = op.key_rm("unkey", op.stateful_batch("learner", merged, build))
     split = op.branch("split", out, lambda x: type(x) is Prediction)

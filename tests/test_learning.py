@@ -108,23 +108,44 @@ def test_label_waits_until_the_clock_reaches_its_time():
     assert lr.labels_learned == 1
 
 
-def test_pending_expires_after_ttl_and_late_label_is_dead_lettered():
+def test_pending_expires_once_both_clocks_pass_the_ttl_and_late_label_is_dead_lettered():
     lr = learner(ttl=1000)
-    out = run(lr, [ev(1, 0), ev(2, 1000)], end=False)
+    run(lr, [ev(1, 0), ev(2, 1000)], end=False)
     assert len(lr.pending) == 2  # deadline 1000 is not passed at clock 1000
-    out = run(lr, [ev(3, 1001)], end=False)
-    assert set(lr.pending) == {"e2", "e3"}
-    assert lr.counts.pending_expired["ttl"] == 1
+    run(lr, [ev(3, 1001)], end=False)
+    assert len(lr.pending) == 3  # no label has been seen yet: the label stream may lag
+    run(lr, [lb(2, 1001)], end=False)  # the label watermark passes e1's deadline
+    assert set(lr.pending) == {"e3"}
+    assert lr.counts.pending_expired["ttl"] == 1 and lr.labels_learned == 1
     out = run(lr, [lb(1, 1001)], end=False)
     assert [(d.reason, d.raw, d.topic) for d in out] == [("expired_event", b"label-1", "labels")]
-    assert lr.labels_learned == 0
+    assert lr.labels_learned == 1
+
+
+def test_a_lagging_label_stream_never_expires_what_it_will_still_label():
+    lr = learner(ttl=1000)
+    run(lr, [ev(1, 0)] + [ev(i, i * 1000) for i in range(2, 50)], end=False)
+    assert "e1" in lr.pending  # the events are 48 s ahead, but no label time has passed
+    run(lr, [lb(1, 900)], end=False)
+    assert lr.labels_learned == 1 and lr.counts.pending_expired["ttl"] == 0
+
+
+def test_label_watermark_is_the_slowest_label_partition():
+    lr = learner(ttl=1000)
+    run(lr, [ev(1, 0), ev(2, 5000)], end=False)
+    fast = Label("e2", "k", 5000, True, topic="labels", partition=0)
+    slow = Label("x", "k", 500, True, topic="labels", partition=1)
+    run(lr, [slow, fast], end=False)
+    assert lr.label_watermark == 500 and "e1" in lr.pending
+    run(lr, [Label("y", "k", 1500, True, topic="labels", partition=1)], end=False)
+    assert lr.label_watermark == 1500 and "e1" not in lr.pending
 
 
 def test_label_after_ttl_for_a_still_pending_event_expires_it():
     lr = learner(ttl=1000)
     run(lr, [ev(1, 0), ev(2, 5000)], end=False)  # e1 expired by the clock already
     lr2 = learner(ttl=1000)
-    out = run(lr2, [ev(1, 0), lb(1, 1500), ev(2, 1500)], end=False)
+    out = run(lr2, [ev(1, 0), lb(1, 1500), ev(2, 1500)], end=False)  # label itself is past TTL
     assert [type(o).__name__ for o in out] == ["Prediction", "DeadLetter", "Prediction"]
     assert out[1].reason == "expired_event"
     assert lr2.counts.pending_expired["ttl"] == 1 and lr2.labels_learned == 0
@@ -278,3 +299,12 @@ def test_reproduces_progressive_val_score(stream_name, delay_name):
         ours.update(rows[i][1], preds[f"e{i}"])
     assert ours.get() == oracle_metric.get()
     assert lr.labels_learned == len(rows)
+
+
+def test_no_label_watermark_until_every_label_partition_has_spoken():
+    lr = learner(ttl=1000, label_partitions=2)
+    run(lr, [ev(1, 0), ev(2, 9000)], end=False)
+    run(lr, [Label("e2", "k", 9000, True, topic="labels", partition=0)], end=False)
+    assert lr.label_watermark is None and "e1" in lr.pending  # partition 1 may still hold e1's
+    run(lr, [Label("e1", "k", 900, True, topic="labels", partition=1)], end=False)
+    assert lr.labels_learned == 2 and lr.counts.pending_expired["ttl"] == 0

@@ -11,7 +11,12 @@ largest event time it has scored) and enforces the invariants of DESIGN.md:
   or after ``ts`` arrives; ties follow ``river.stream.simulate_qa``: a label with ``ts <=`` an
   event's ``ts`` is learned before that event is scored. With pass-through features this makes the
   learner reproduce ``river.evaluate.progressive_val_score(..., moment=, delay=)``.
-* **Every state ends.** A pending prediction expires ``label_ttl_ms`` of event time after its event;
+* **Every state ends.** A pending prediction expires ``label_ttl_ms`` of event time after its event,
+  judged on both streams: once the event clock *and* the label watermark (the least, over the label
+  partitions seen, of the newest label time) have passed its deadline, so a label stream that lags
+  behind the events never causes a false expiry (when labels stop altogether, ``max_pending``
+  bounds the memory). Given ``label_partitions``, there is no label watermark until every label
+  partition has sent a label, so a slow-starting partition cannot be overtaken either;
   a label whose event has not been seen (an *early* label) waits ``early_label_ttl_ms`` after its
   own time; ids of finished events are remembered for ``label_ttl_ms`` to catch duplicates; the
   number of pending predictions is capped (oldest expire first).
@@ -100,6 +105,7 @@ class OnlineLearner:
         threshold: float = 0.5,
         quality_window: int = 1000,
         version: int = 1,
+        label_partitions: int | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if label_ttl_ms <= 0:
@@ -117,6 +123,9 @@ class OnlineLearner:
         self.threshold = threshold
         self.wall_clock = wall_clock
         self.clock: int | None = None
+        self._label_clocks: dict[tuple[str | None, int | None], int] = {}
+        self.label_watermark: int | None = None
+        self.label_partitions = label_partitions
         self.labels_learned = 0
         self.pending: dict[str, PendingPrediction] = {}
         self._pending_heap: list[tuple[int, str]] = []  # (deadline, event_id); lazy deletion
@@ -187,6 +196,23 @@ class OnlineLearner:
     def on_label(self, label: Label, out: list[Any]) -> None:
         """Apply a label now if its time has come, else hold it until the clock reaches it."""
         self.counts.labels += 1
+        part = (label.topic, label.partition)
+        clocks = self._label_clocks
+        if label.ts > clocks.get(part, -1):
+            clocks[part] = label.ts
+            self._advance_label_watermark()
+        self._hold_or_apply(label, out)
+
+    def _advance_label_watermark(self) -> None:
+        clocks = self._label_clocks
+        if self.label_partitions is not None and len(clocks) < self.label_partitions:
+            return
+        wm = min(clocks.values())
+        if self.label_watermark is None or wm > self.label_watermark:
+            self.label_watermark = wm
+            self._expire_due()
+
+    def _hold_or_apply(self, label: Label, out: list[Any]) -> None:
         if self.clock is None or label.ts > self.clock:
             self._seq += 1
             heapq.heappush(self._waiting, (label.ts, self._seq, label))
@@ -216,12 +242,7 @@ class OnlineLearner:
         while waiting and waiting[0][0] <= ts:
             _, _, label = heapq.heappop(waiting)
             self._apply(label, out)
-        heap = self._pending_heap
-        while heap and heap[0][0] < clock:
-            deadline, event_id = heapq.heappop(heap)
-            p = self.pending.get(event_id)
-            if p is not None and p.deadline == deadline:
-                self._expire(p, EXPIRY_TTL)
+        self._expire_due()
         early_heap = self._early_heap
         while early_heap and early_heap[0][0] < clock:
             deadline, event_id = heapq.heappop(early_heap)
@@ -234,6 +255,18 @@ class OnlineLearner:
         while fin and fin[0][0] < clock:
             _, event_id = heapq.heappop(fin)
             self.finished.pop(event_id, None)
+
+    def _expire_due(self) -> None:
+        """Expire pending predictions whose deadline both clocks have passed."""
+        if self.clock is None or self.label_watermark is None:
+            return
+        horizon = min(self.clock, self.label_watermark)
+        heap = self._pending_heap
+        while heap and heap[0][0] < horizon:
+            deadline, event_id = heapq.heappop(heap)
+            p = self.pending.get(event_id)
+            if p is not None and p.deadline == deadline:
+                self._expire(p, EXPIRY_TTL)
 
     def _expire(self, p: PendingPrediction, why: str) -> None:
         del self.pending[p.event_id]
