@@ -28,16 +28,34 @@ X = TypeVar("X")
 Encoded = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 
+_CONSUMER_DEFAULTS = {
+    # A short fetch wait bounds latency on a quiet topic (Tansu answers a waiting fetch only when
+    # this runs out; Kafka answers as soon as data arrives). Overridable like any option.
+    "fetch.wait.max.ms": "20",
+}
+
+
+class _Source(KafkaSource):
+    """Bytewax's KafkaSource, listing partitions without the consumer-only options (which the
+    admin client would warn about)."""
+
+    def list_parts(self) -> list[str]:
+        consumer_only = self._add_config
+        self._add_config = {k: v for k, v in consumer_only.items() if k not in _CONSUMER_DEFAULTS}
+        try:
+            return super().list_parts()
+        finally:
+            self._add_config = consumer_only
+
+
 def kafka_source(settings: Settings, topic: str) -> KafkaSource:
     """A bounded (``tail=False``) or live source over every partition of ``topic``."""
-    return KafkaSource(
+    return _Source(
         settings.brokers,
         [topic],
         tail=settings.tail,
         starting_offset=OFFSET_BEGINNING if settings.start_from == "earliest" else OFFSET_END,
-        # A short fetch wait bounds latency on a quiet topic (Tansu answers a waiting fetch only
-        # when this runs out); users can override it like any librdkafka option.
-        add_config={"fetch.wait.max.ms": "20", **settings.librdkafka()},
+        add_config={**_CONSUMER_DEFAULTS, **settings.librdkafka()},
         batch_size=settings.source_batch_size,
         raise_on_errors=False,
     )

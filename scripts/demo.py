@@ -1,0 +1,250 @@
+"""The undertow demo: the fraud dataflow, live, on an embedded Kafka broker with generated data.
+
+    bash scripts/demo.sh [--events 100000] [--model logreg|hat] [--metrics-port 3030]
+
+1. starts the embedded broker (Tansu) and creates the topics;
+2. writes a deterministic card-transaction workload (delayed labels, a concept drift half way,
+   5 % of events never labelled, a few malformed records) to it;
+3. runs ``python -m bytewax.run dataflows.fraud:flow`` with Bytewax's API server on, so its
+   metrics are at ``http://127.0.0.1:PORT/metrics`` while it runs, and prints progress from them;
+4. once every record is accounted for, stops the dataflow (as Ctrl-C would) and the broker, and
+   prints a summary: events, predictions, labels learned, expiries, dead letters, quality of the
+   served predictions before and after the drift, drift detections, events/s, p50/p99 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from river import metrics as rm  # noqa: E402
+
+from connectors.broker import EmbeddedKafka, free_port  # noqa: E402
+from connectors.generate import KafkaSink, run as write_workload  # noqa: E402
+from undertow.workload import WorkloadConfig, drift_index  # noqa: E402
+
+TOPICS = {"events": 3, "labels": 3, "predictions": 1, "deadletter": 1}
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return None
+    out = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(m: dict, name: str, **want: str) -> float:
+    """Sum of a metric's samples whose labels include ``want``."""
+    return sum(
+        v for (n, labels), v in m.items()
+        if n == name and all(dict(labels).get(k) == x for k, x in want.items())
+    )
+
+
+def quantile(m: dict, name: str, q: float) -> float:
+    """histogram_quantile() as Prometheus computes it, from the scraped buckets."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), v) for (n, labels), v in m.items() if n == f"{name}_bucket"
+    )
+    merged: dict[float, float] = {}
+    for le, v in buckets:
+        merged[le] = merged.get(le, 0.0) + v
+    points = sorted(merged.items())
+    if not points or points[-1][1] == 0:
+        return float("nan")
+    rank = q * points[-1][1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in points:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int) -> list:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-summary",
+                  "enable.partition.eof": True, "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, done, deadline = [], set(), time.time() + 60
+    while len(done) < partitions and time.time() < deadline:
+        for m in c.consume(5000, timeout=0.5):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(m.partition())
+                continue
+            out.append(m)
+    c.close()
+    return out
+
+
+def quality(pairs: list[tuple[bool, float]]) -> str:
+    if not pairs:
+        return "n/a"
+    acc, auc, ll = rm.Accuracy(), rm.ROCAUC(), rm.LogLoss()
+    for y, p in pairs:
+        acc.update(y, p >= 0.5)
+        auc.update(y, p)
+        ll.update(y, p)
+    return f"accuracy {acc.get():.3f}  ROC AUC {auc.get():.3f}  log-loss {ll.get():.3f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--model", choices=["logreg", "hat"], default="logreg")
+    ap.add_argument("--metrics-port", type=int, default=0, help="default: 3030 if free")
+    ap.add_argument("--label-ttl-s", type=float, default=3600.0)
+    ap.add_argument("--timeout-s", type=float, default=900.0)
+    args = ap.parse_args()
+    port = args.metrics_port or (3030 if _port_free(3030) else free_port())
+    tty = sys.stdout.isatty()
+
+    print(f"undertow demo: {args.events} events, model {args.model}")
+    with EmbeddedKafka() as kafka:
+        bs = kafka.bootstrap_servers
+        kafka.create_topics({name: n for name, n in TOPICS.items()})
+        print(f"  embedded Kafka (Tansu) at {bs}, pid {kafka.pid}")
+
+        config = WorkloadConfig(seed=args.seed, n_events=args.events, label_coverage=0.95)
+        sink = KafkaSink(bs, "events", "labels", 60.0)
+        t0 = time.monotonic()
+        written = write_workload(config, sink, n_malformed=25)
+        errors = sink.close()
+        if errors:
+            print(f"  {errors} records could not be written to Kafka", file=sys.stderr)
+            return 1
+        drift_ts = written["drift_ts"]
+        print(f"  wrote {written['events']} events, {written['labels']} labels, "
+              f"{written['malformed']} malformed records in {time.monotonic() - t0:.1f} s; "
+              f"drift at event {drift_index(config)}")
+
+        env = {
+            **os.environ,
+            "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": bs,
+            "UNDERTOW_MODEL": args.model,
+            "UNDERTOW_LABEL_TTL_S": str(args.label_ttl_s),
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(port),
+            "PYTHONPATH": str(ROOT),
+        }
+        cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"]
+        print(f"  running: {' '.join(cmd[1:])}   (metrics: http://127.0.0.1:{port}/metrics)")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        n_labels = written["labels"]
+        first_pred_at = last = None
+        done_at = None
+        final: dict = {}
+        deadline = time.monotonic() + args.timeout_s
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                if proc.poll() is not None:
+                    print(f"\n  the dataflow exited with status {proc.returncode}", file=sys.stderr)
+                    return 1
+                m = scrape(port)
+                if m is None:
+                    continue
+                final = m
+                preds = total(m, "undertow_predictions_total")
+                learned = total(m, "undertow_labels_learned_total")
+                label_dl = sum(total(m, "undertow_dead_letters_total", reason=r) for r in (
+                    "expired_event", "unknown_event", "duplicate_label", "conflicting_label"))
+                held = total(m, "undertow_labels_waiting_for_time") + total(
+                    m, "undertow_early_labels_waiting")
+                now = time.monotonic()
+                if preds and first_pred_at is None:
+                    first_pred_at = now
+                line = (f"  events {int(total(m, 'undertow_events_total')):>8}  "
+                        f"predictions {int(preds):>8}  labels learned {int(learned):>8}  "
+                        f"dead letters {int(total(m, 'undertow_dead_letters_total')):>5}  "
+                        f"rolling acc {total(m, 'undertow_model_accuracy_ratio'):.3f}  "
+                        f"drifts {int(total(m, 'undertow_drift_detections_total'))}")
+                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+                if preds >= written["events"] and last is None:
+                    last = now
+                if preds >= written["events"] and learned + label_dl + held >= n_labels:
+                    done_at = now
+                    break
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        print()
+        if done_at is None:
+            print("  timed out before every record was accounted for", file=sys.stderr)
+            return 1
+
+        preds = [orjson.loads(m.value()) for m in read_topic(bs, "predictions", 1)]
+        dead = read_topic(bs, "deadletter", 1)
+        labels = {}
+        for m in read_topic(bs, "labels", TOPICS["labels"]):
+            lb = orjson.loads(m.value())
+            labels[lb["event_id"]] = lb["is_fraud"]
+        before = [(labels[p["event_id"]], p["score"]) for p in preds
+                  if p["event_id"] in labels and p["event_ts"] < drift_ts]
+        after = [(labels[p["event_id"]], p["score"]) for p in preds
+                 if p["event_id"] in labels and p["event_ts"] >= drift_ts]
+        first_hour = [(labels[p["event_id"]], p["score"]) for p in preds
+                      if p["event_id"] in labels and drift_ts <= p["event_ts"] < drift_ts + 3600_000]
+        reasons: dict[str, int] = {}
+        for d in dead:
+            r = dict(d.headers() or [])["undertow.error.reason"].decode()
+            reasons[r] = reasons.get(r, 0) + 1
+        elapsed = (last or done_at) - (first_pred_at or done_at) + 1.0  # 1 s scrape granularity
+        m = final
+        print("summary")
+        print(f"  events read            {int(total(m, 'undertow_records_read_total', stream='events'))}"
+              f" ({written['events']} valid + {written['malformed']} malformed)")
+        print(f"  predictions            {len(preds)}")
+        print(f"  labels learned         {int(total(m, 'undertow_labels_learned_total'))}"
+              f" of {n_labels}; held until their time: "
+              f"{int(total(m, 'undertow_labels_waiting_for_time'))}; waiting for their event: "
+              f"{int(total(m, 'undertow_early_labels_waiting'))}")
+        print(f"  expiries               {int(total(m, 'undertow_pending_expired_total'))} "
+              f"predictions never labelled within {args.label_ttl_s:.0f} s; "
+              f"{int(total(m, 'undertow_pending_predictions'))} still pending")
+        print(f"  dead letters           {len(dead)}  {dict(sorted(reasons.items()))}")
+        print(f"  before the drift       {quality(before)}")
+        print(f"  first hour after it    {quality(first_hour)}")
+        print(f"  after the drift        {quality(after)}")
+        print(f"  drift detections       {int(total(m, 'undertow_drift_detections_total'))} (ADWIN"
+              f" on the served error)")
+        print(f"  throughput             {len(preds) / elapsed:,.0f} events/s (scraped each second)")
+        print(f"  processing latency     p50 {1000 * quantile(m, 'undertow_processing_latency_seconds', 0.5):.1f} ms"
+              f"  p99 {1000 * quantile(m, 'undertow_processing_latency_seconds', 0.99):.1f} ms"
+              f" (read -> prediction written, from the histogram)")
+    return 0
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
