@@ -68,7 +68,7 @@ def build_flow(
     featured = rolling_features(
         "card_features", featured, entity_field="card_id", value_field="amount",
         make_state=lambda: fraud.card_state(lateness), shards=s.feature_shards,
-        finish=fraud.add_ratios,
+        finish=fraud.derive_features,
     )
     def learner_at_run_time() -> OnlineLearner:
         # The label watermark waits for every label partition; ask the broker how many there are

@@ -60,7 +60,7 @@ def run_reference(
         x.update(fe.features)
         feats = card.update(rec["card_id"], ts, rec["amount"])
         feats.update(x)
-        fraud.add_ratios(feats)
+        fraud.derive_features(feats)
         score = float(model.predict_proba_one(feats).get(True, 0.0))
         served[rec["event_id"]] = (feats, score)
         scores[rec["event_id"]] = score
