@@ -30,15 +30,15 @@ value): the first label that arrives is learned; later ones are dead-lettered.
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from river import drift, metrics, utils
+from river import drift
 
+from undertow.quality import RollingQuality
 from undertow.schema import (
     CONFLICTING_LABEL,
     DUPLICATE_EVENT,
@@ -135,8 +135,7 @@ class OnlineLearner:
         self._early_heap: list[tuple[int, str]] = []
         self.finished: dict[str, tuple[int, bool | None]] = {}  # event_id -> (kind, label value)
         self._finished_heap: list[tuple[int, str]] = []
-        self.accuracy = utils.Rolling(metrics.Accuracy(), window_size=quality_window)
-        self.log_loss = utils.Rolling(metrics.LogLoss(), window_size=quality_window)
+        self.served_quality = RollingQuality(quality_window)
         self.error_drift = drift.ADWIN()
         self.counts = LearnerCounts()
         # Observations for histograms, drained by the operator after each batch.
@@ -297,8 +296,7 @@ class OnlineLearner:
             return
         del self.pending[label.event_id]
         y = label.value
-        self.accuracy.update(y, p.predicted)
-        self.log_loss.update(y, p.score)
+        self.served_quality.update(y, p.score, p.predicted)
         self.error_drift.update(abs(float(y) - p.score))
         if self.error_drift.drift_detected:
             self.counts.drift_detections += 1
@@ -355,10 +353,9 @@ class OnlineLearner:
 
     def quality(self) -> dict[str, float]:
         """Rolling quality of served predictions and the drift detector's estimate."""
-        acc = self.accuracy.get()
-        ll = self.log_loss.get()
+        q = self.served_quality
         return {
-            "accuracy": acc if math.isfinite(acc) else 0.0,
-            "log_loss": ll if math.isfinite(ll) else 0.0,
+            "accuracy": q.accuracy,
+            "log_loss": q.log_loss,
             "error_estimate": float(self.error_drift.estimation),
         }
