@@ -197,3 +197,28 @@ def test_bad_setting_stops_start_up_with_one_line():
         "undertow: bad setting: UNDERTOW_LABEL_TTL_S: Input should be a valid number, "
         "unable to parse string as a number (got 'soon')"
     ]
+
+
+def test_two_workers_score_every_event_once(kafka: EmbeddedKafka, loaded):
+    """Scale-out is Bytewax's: two workers share the feature shards; nothing is lost or doubled."""
+    w, names, bad, _ = loaded
+    out = {k: f"{names[k]}-w2" for k in ("predictions", "deadletter")}
+    kafka.create_topics(list(out.values()))
+    env = {
+        **os.environ,
+        "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "UNDERTOW_EVENTS_TOPIC": names["events"],
+        "UNDERTOW_LABELS_TOPIC": names["labels"],
+        "UNDERTOW_PREDICTIONS_TOPIC": out["predictions"],
+        "UNDERTOW_DEADLETTER_TOPIC": out["deadletter"],
+        "UNDERTOW_TAIL": "false",
+    }
+    r = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow", "-w", "2"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    preds = [orjson.loads(m.value()) for m in consume_all(kafka.bootstrap_servers,
+                                                          out["predictions"], 1)]
+    assert sorted(p["event_id"] for p in preds) == sorted(e["event_id"] for e in w.events)
+    dead = consume_all(kafka.bootstrap_servers, out["deadletter"], 1)
+    assert sum(1 for m in dead if dict(m.headers())["undertow.error.topic"].decode()
+               == names["events"]) == len(bad)
