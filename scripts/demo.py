@@ -27,11 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from river import metrics as rm  # noqa: E402
 
-from connectors.broker import EmbeddedKafka, free_port  # noqa: E402
+from connectors.broker import EmbeddedKafka, free_port, read_topic  # noqa: E402
 from connectors.generate import KafkaSink, run as write_workload  # noqa: E402
 from undertow.workload import WorkloadConfig, drift_index  # noqa: E402
 
@@ -78,22 +77,6 @@ def quantile(m: dict, name: str, q: float) -> float:
             return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
         prev_le, prev_c = le, c
     return prev_le
-
-
-def read_topic(bootstrap: str, topic: str, partitions: int) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-summary",
-                  "enable.partition.eof": True, "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out, done, deadline = [], set(), time.time() + 60
-    while len(done) < partitions and time.time() < deadline:
-        for m in c.consume(5000, timeout=0.5):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(m.partition())
-                continue
-            out.append(m)
-    c.close()
-    return out
 
 
 def quality(pairs: list[tuple[bool, float]]) -> str:
@@ -193,10 +176,10 @@ def main() -> int:
             print("  timed out before every record was accounted for", file=sys.stderr)
             return 1
 
-        preds = [orjson.loads(m.value()) for m in read_topic(bs, "predictions", 1)]
-        dead = read_topic(bs, "deadletter", 1)
+        preds = [orjson.loads(m.value()) for m in read_topic(bs, "predictions")]
+        dead = read_topic(bs, "deadletter")
         labels = {}
-        for m in read_topic(bs, "labels", TOPICS["labels"]):
+        for m in read_topic(bs, "labels"):
             lb = orjson.loads(m.value())
             labels[lb["event_id"]] = lb["is_fraud"]
         before = [(labels[p["event_id"]], p["score"]) for p in preds

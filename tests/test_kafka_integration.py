@@ -13,10 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
-from connectors.broker import EmbeddedKafka, free_port
+from connectors.broker import EmbeddedKafka, free_port, read_topic
 from connectors.settings import load_settings
 from dataflows.fraud import build_flow
 from undertow.workload import WorkloadConfig, generate, malformed_records
@@ -36,20 +36,9 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes,
 
 
 def consume_all(bootstrap: str, topic: str, partitions: int) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "check",
-                  "enable.partition.eof": True, "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, i, 0) for i in range(partitions)])
-    out, eof, deadline = [], set(), time.time() + 30
-    while len(eof) < partitions and time.time() < deadline:
-        for m in c.consume(1000, timeout=0.5):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    eof.add(m.partition())
-                continue
-            out.append(m)
-    c.close()
-    assert len(eof) == partitions, f"did not reach the end of {topic}"
-    return out
+    msgs = read_topic(bootstrap, topic)
+    assert len({m.partition() for m in msgs} | set(range(partitions))) == partitions
+    return msgs
 
 
 def metric(name: str, **labels: str) -> float:

@@ -213,11 +213,15 @@ def _loads(raw: bytes | None) -> dict[str, Any]:
     return obj
 
 
-def _string(obj: dict[str, Any], name: str) -> str:
+def _get(obj: dict[str, Any], name: str) -> Any:
     try:
-        v = obj[name]
+        return obj[name]
     except KeyError:
         raise _Invalid(MISSING_FIELD, f"field {name!r} is missing") from None
+
+
+def _string(obj: dict[str, Any], name: str) -> str:
+    v = _get(obj, name)
     if type(v) is not str:
         raise _Invalid(WRONG_TYPE, f"field {name!r} must be a string, got {type(v).__name__}")
     if not v:
@@ -226,10 +230,7 @@ def _string(obj: dict[str, Any], name: str) -> str:
 
 
 def _epoch_ms(obj: dict[str, Any], name: str) -> int:
-    try:
-        v = obj[name]
-    except KeyError:
-        raise _Invalid(MISSING_FIELD, f"field {name!r} is missing") from None
+    v = _get(obj, name)
     if type(v) is not int:
         raise _Invalid(
             WRONG_TYPE, f"field {name!r} must be an integer epoch-ms time, got {type(v).__name__}"
@@ -240,10 +241,7 @@ def _epoch_ms(obj: dict[str, Any], name: str) -> int:
 
 
 def _number(obj: dict[str, Any], name: str) -> float:
-    try:
-        v = obj[name]
-    except KeyError:
-        raise _Invalid(MISSING_FIELD, f"field {name!r} is missing") from None
+    v = _get(obj, name)
     t = type(v)
     if t is not float and t is not int:
         raise _Invalid(WRONG_TYPE, f"field {name!r} must be a number, got {t.__name__}")
@@ -314,9 +312,7 @@ def decode_label(
         event_id = _string(obj, "event_id")
         label_key = _string(obj, key_field)
         ts = _epoch_ms(obj, "ts")
-        if value_field not in obj:
-            raise _Invalid(MISSING_FIELD, f"field {value_field!r} is missing")
-        value = obj[value_field]
+        value = _get(obj, value_field)
         if type(value) is not bool:
             raise _Invalid(
                 WRONG_TYPE, f"field {value_field!r} must be a boolean, got {type(value).__name__}"
