@@ -113,6 +113,7 @@ def main() -> int:
         t0 = time.monotonic()
         written = write_workload(config, sink, n_malformed=25)
         errors = sink.close()
+        del sink  # destroy the producer now, not after the broker has stopped
         if errors:
             print(f"  {errors} records could not be written to Kafka", file=sys.stderr)
             return 1
