@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import bytewax  # noqa: E402
 import orjson  # noqa: E402
 import river  # noqa: E402
-from bytewax.connectors.kafka import KafkaSourceMessage  # noqa: E402
+from connectors.kafka import KafkaRecord  # noqa: E402
 from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 
 from connectors.broker import EmbeddedKafka, count_records  # noqa: E402
@@ -104,10 +104,8 @@ def main() -> int:
             print(f"ERROR: {written} predictions written for {n} events", file=sys.stderr)
             return 1
 
-    ev = [KafkaSourceMessage(e["card_id"].encode(), orjson.dumps(e), topic="events",
-                             partition=0, offset=i) for i, e in enumerate(w.events)]
-    lb = [KafkaSourceMessage(x["card_id"].encode(), orjson.dumps(x), topic="labels",
-                             partition=0, offset=i) for i, x in enumerate(w.labels)]
+    ev = [KafkaRecord(e["card_id"].encode(), orjson.dumps(e), "events", 0, i) for i, e in enumerate(w.events)]
+    lb = [KafkaRecord(x["card_id"].encode(), orjson.dumps(x), "labels", 0, i) for i, x in enumerate(w.labels)]
     preds: list = []
     flow = build_flow(load_settings({}, model=args.model),
                       sources={"events": TestingSource(ev, 1000), "labels": TestingSource(lb, 1000)},

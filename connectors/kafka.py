@@ -1,8 +1,8 @@
 """Kafka sources and sinks of the dataflows (confluent-kafka underneath).
 
-Sources are Bytewax's own :class:`~bytewax.connectors.kafka.KafkaSource`: one Bytewax partition
-per Kafka partition, offsets kept by Bytewax recovery (no consumer group), consumer errors turned
-into values (``raise_on_errors=False``) so they reach the dead-letter topic instead of crashing.
+The source follows Bytewax's own ``KafkaSource`` (one Bytewax partition per Kafka partition,
+offsets kept by Bytewax recovery, no consumer group) with a leaner record type; consumer errors
+become values, so they reach the dead-letter topic instead of crashing the dataflow.
 
 Sinks encode records once and flush once per batch, so a batch is on the broker before Bytewax
 can close the epoch that produced it (at-least-once; keys make duplicates harmless).
@@ -10,13 +10,23 @@ can close the epoch that produced it (at-least-once; keys make duplicates harmle
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from bytewax.connectors.kafka import KafkaSource
+from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from connectors import metrics
@@ -35,29 +45,136 @@ _CONSUMER_DEFAULTS = {
 }
 
 
-class _Source(KafkaSource):
-    """Bytewax's KafkaSource, listing partitions without the consumer-only options (which the
-    admin client would warn about)."""
+class KafkaRecord(NamedTuple):
+    """One record read from Kafka, or a consumer error (``error`` set, ``value`` maybe None)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    error: str | None = None
+
+
+class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
+    """One Kafka partition, read in batches; its state is the next offset to read."""
+
+    def __init__(
+        self, step_id: str, config: dict[str, Any], topic: str, partition: int, offset: int,
+        batch_size: int,
+    ) -> None:
+        self._topic = topic
+        self._partition = partition
+        self._offset = offset
+        self._batch_size = batch_size
+        self._eof = False
+        self._lag = BYTEWAX_CONSUMER_LAG_GAUGE.labels(
+            step_id=step_id, topic=topic, partition=partition
+        )
+        self._consumer = Consumer({**config, "stats_cb": self._on_stats})
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = json.loads(stats_json)
+        part = stats["topics"].get(self._topic, {}).get("partitions", {}).get(str(self._partition))
+        if part is not None and self._offset >= 0 and part["hi_offset"] >= 0:
+            self._lag.set(max(0, part["hi_offset"] - self._offset))
+
+    def next_batch(self) -> list[KafkaRecord]:
+        if self._eof:
+            raise StopIteration
+        topic, partition = self._topic, self._partition
+        out: list[KafkaRecord] = []
+        last = None
+        for msg in self._consumer.consume(self._batch_size, 0.001):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._eof = True  # emit this batch; stop at the next call
+                    break
+                off = msg.offset()
+                out.append(KafkaRecord(msg.key(), msg.value(), topic, partition,
+                                       -1 if off is None else off, str(err)))
+                continue
+            last = msg.offset()
+            out.append(KafkaRecord(msg.key(), msg.value(), topic, partition, last))
+        if last is not None:
+            self._offset = last + 1
+        return out
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
+    """Every partition of some topics, read in batches into lean :class:`KafkaRecord` values.
+
+    Bytewax's own ``KafkaSource`` builds a ``KafkaSourceMessage`` (a frozen dataclass of eight
+    fields, with headers, latency and timestamp calls) per record; this source reads only what the
+    dataflow uses. Offsets are Bytewax recovery state, as there; no consumer group is used.
+    ``tail=False`` stops at the end of each partition (partition EOF, which is exact on Kafka
+    and Tansu alike, unlike Tansu's reported high watermark).
+    """
+
+    def __init__(
+        self,
+        brokers: list[str],
+        topics: list[str],
+        *,
+        tail: bool = True,
+        starting_offset: int = OFFSET_BEGINNING,
+        add_config: dict[str, str] | None = None,
+        batch_size: int = 1000,
+    ) -> None:
+        self._brokers = brokers
+        self._topics = topics
+        self._tail = tail
+        self._starting_offset = starting_offset
+        self._add_config = dict(add_config or {})
+        self._batch_size = batch_size
 
     def list_parts(self) -> list[str]:
-        consumer_only = self._add_config
-        self._add_config = {k: v for k, v in consumer_only.items() if k not in _CONSUMER_DEFAULTS}
-        try:
-            return super().list_parts()
-        finally:
-            self._add_config = consumer_only
+        config = {"bootstrap.servers": ",".join(self._brokers)}
+        config.update(
+            {k: v for k, v in self._add_config.items() if k not in _CONSUMER_DEFAULTS}
+        )
+        # List all topics: a metadata request naming a topic can create it.
+        md = AdminClient(config).list_topics(timeout=30)
+        parts = []
+        for topic in self._topics:
+            t = md.topics.get(topic)
+            if t is None or t.error is not None:
+                why = "it does not exist" if t is None else t.error.str()
+                raise RuntimeError(f"cannot read Kafka topic {topic!r}: {why}")
+            parts.extend(f"{i}-{topic}" for i in sorted(t.partitions))
+        return parts
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RecordPartition:
+        idx, topic = for_part.split("-", 1)
+        config = {
+            "group.id": "undertow-unused",  # offsets live in Bytewax recovery, not a group
+            "enable.auto.commit": "false",
+            "bootstrap.servers": ",".join(self._brokers),
+            "enable.partition.eof": str(not self._tail).lower(),
+            "statistics.interval.ms": 1000,
+            **self._add_config,
+        }
+        offset = self._starting_offset if resume_state is None else resume_state
+        return _RecordPartition(step_id, config, topic, int(idx), offset, self._batch_size)
 
 
-def kafka_source(settings: Settings, topic: str) -> KafkaSource:
+def kafka_source(settings: Settings, topic: str) -> KafkaRecordSource:
     """A bounded (``tail=False``) or live source over every partition of ``topic``."""
-    return _Source(
+    return KafkaRecordSource(
         settings.brokers,
         [topic],
         tail=settings.tail,
         starting_offset=OFFSET_BEGINNING if settings.start_from == "earliest" else OFFSET_END,
         add_config={**_CONSUMER_DEFAULTS, **settings.librdkafka()},
         batch_size=settings.source_batch_size,
-        raise_on_errors=False,
     )
 
 
@@ -132,6 +249,8 @@ class ProducerSink(DynamicSink[X], Generic[X]):
             "bootstrap.servers": settings.kafka_bootstrap_servers,
             "linger.ms": 5,
             "queue.buffering.max.messages": 1_000_000,
+            # The delivery callback runs on this (the worker's) thread: only for failures.
+            "delivery.report.only.error": True,
             **settings.librdkafka(),
         }
         self._topic = topic

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Stream, operator
 
 from connectors import metrics
+from connectors.kafka import KafkaRecord
 from undertow.schema import (
     KAFKA_ERROR,
     DeadLetter,
@@ -37,11 +37,9 @@ class DecodeOut(Generic[T]):
     errs: Stream[DeadLetter]
 
 
-def _kafka_error(step_id: str, item: KafkaError) -> DeadLetter:
-    msg = item.msg
+def _kafka_error(step_id: str, r: KafkaRecord) -> DeadLetter:
     return DeadLetter(
-        KAFKA_ERROR, str(item.err), msg.value, msg.key, msg.topic, msg.partition, msg.offset,
-        step_id,
+        KAFKA_ERROR, r.error or "", r.value, r.key, r.topic, r.partition, r.offset, step_id
     )
 
 
@@ -50,15 +48,15 @@ def _decoder(
     stream: str,
     ok_type: type,
     ok_counter: Any,
-    decode_one: Callable[[KafkaSourceMessage, float], Any],
-) -> Callable[[list[KafkaSourceMessage | KafkaError]], list[Any]]:
+    decode_one: Callable[[KafkaRecord, float], Any],
+) -> Callable[[list[KafkaRecord]], list[Any]]:
     """A batch decoder: one wall-clock reading per batch, counts pushed once per batch."""
     reads = metrics.RECORDS_READ.labels(stream=stream)
 
-    def decode_batch(batch: list[KafkaSourceMessage | KafkaError]) -> list[Any]:
+    def decode_batch(batch: list[KafkaRecord]) -> list[Any]:
         now = time.time()
         out = [
-            _kafka_error(step_id, m) if type(m) is KafkaError else decode_one(m, now)
+            decode_one(m, now) if m.error is None else _kafka_error(step_id, m)
             for m in batch
         ]
         ok = 0
@@ -76,7 +74,7 @@ def _decoder(
 
 @operator
 def decode_events(
-    step_id: str, up: Stream[KafkaSourceMessage | KafkaError], *, schema: EventSchema
+    step_id: str, up: Stream[KafkaRecord], *, schema: EventSchema
 ) -> DecodeOut[Event]:
     """Decode event records with ``schema``; invalid ones go to ``errs`` with their raw bytes.
 
@@ -84,7 +82,7 @@ def decode_events(
     >>> from bytewax.testing import TestingSource, TestingSink, run_main
     >>> from undertow.schema import FRAUD_EVENTS
     >>> flow = Dataflow("decode_eg")
-    >>> raw = [KafkaSourceMessage(b"c1", b"{oops", topic="events", partition=0, offset=7)]
+    >>> raw = [KafkaRecord(b"c1", b"{oops", "events", 0, 7)]
     >>> out = decode_events("dec", op.input("in", flow, TestingSource(raw)), schema=FRAUD_EVENTS)
     >>> errs = []
     >>> op.output("errs", out.errs, TestingSink(errs))
@@ -94,7 +92,7 @@ def decode_events(
     """
     metrics.declare_reasons(step_id)
 
-    def decode_one(m: KafkaSourceMessage, now: float) -> Event | DeadLetter:
+    def decode_one(m: KafkaRecord, now: float) -> Event | DeadLetter:
         return decode_event(
             m.value, schema, read_at=now, key=m.key, topic=m.topic, partition=m.partition,
             offset=m.offset, step=step_id,
@@ -109,7 +107,7 @@ def decode_events(
 @operator
 def decode_labels(
     step_id: str,
-    up: Stream[KafkaSourceMessage | KafkaError],
+    up: Stream[KafkaRecord],
     *,
     key_field: str = "card_id",
     value_field: str = "is_fraud",
@@ -117,7 +115,7 @@ def decode_labels(
     """Decode label records (``event_id``, key, boolean value, ``ts``)."""
     metrics.declare_reasons(step_id)
 
-    def decode_one(m: KafkaSourceMessage, now: float) -> Label | DeadLetter:
+    def decode_one(m: KafkaRecord, now: float) -> Label | DeadLetter:
         return decode_label(
             m.value, key_field=key_field, value_field=value_field, read_at=now, key=m.key,
             topic=m.topic, partition=m.partition, offset=m.offset, step=step_id,

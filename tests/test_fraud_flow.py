@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from bytewax.connectors.kafka import KafkaSourceMessage
+from connectors.kafka import KafkaRecord
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY
 
@@ -16,9 +16,9 @@ from undertow.schema import DeadLetter, Prediction
 from undertow.workload import WorkloadConfig, generate, malformed_records
 
 
-def msgs(values: list[bytes], topic: str) -> list[KafkaSourceMessage]:
+def msgs(values: list[bytes], topic: str) -> list[KafkaRecord]:
     return [
-        KafkaSourceMessage(b"k", v, topic=topic, partition=0, offset=i)
+        KafkaRecord(b"k", v, topic, 0, i)
         for i, v in enumerate(values)
     ]
 
