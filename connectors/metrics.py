@@ -174,11 +174,6 @@ EARLY_LABELS_EXPIRED = Counter(
 DUPLICATE_EVENTS = Counter(
     "undertow_duplicate_events", "Events whose id was already scored.", ["model"]
 )
-DRIFT_DETECTIONS = Counter(
-    "undertow_drift_detections",
-    "Concept drift detected by ADWIN on the served error stream.",
-    ["model"],
-)
 PENDING = Gauge("undertow_pending_predictions", "Served predictions waiting for a label.", ["model"])
 EARLY_WAITING = Gauge(
     "undertow_early_labels_waiting", "Labels held while their event has not been seen.", ["model"]
@@ -192,9 +187,36 @@ ACCURACY = Gauge(
     "undertow_model_accuracy_ratio", "Rolling accuracy of served predictions.", ["model"]
 )
 LOG_LOSS = Gauge("undertow_model_log_loss", "Rolling log-loss of served predictions.", ["model"])
-ERROR_ESTIMATE = Gauge(
-    "undertow_model_error_estimate_ratio",
-    "ADWIN's estimate of the mean absolute error of served scores.",
+ROC_AUC = Gauge("undertow_model_roc_auc_ratio", "Rolling ROC AUC of served predictions.", ["model"])
+LAST_LEARN = Gauge(
+    "undertow_model_last_learn_timestamp_seconds",
+    "Wall time of the model's latest learn_one (epoch s).",
+    ["model"],
+)
+CONCEPT_DRIFT_DETECTIONS = Counter(
+    "undertow_concept_drift_detections",
+    "Drift detections on a served stream (error: |label - score|, score: the scores); "
+    "direction up = the stream's mean rose.",
+    ["model", "detector", "stream", "direction"],
+)
+CONCEPT_DRIFT_ESTIMATE = Gauge(
+    "undertow_concept_drift_estimate",
+    "ADWIN's estimate of the mean of a served stream.",
+    ["model", "detector", "stream"],
+)
+FEATURE_PSI = Gauge(
+    "undertow_feature_drift_psi",
+    "Population stability index of a feature, recent window against the reference.",
+    ["model", "feature"],
+)
+FEATURE_KS = Gauge(
+    "undertow_feature_drift_ks",
+    "Two-sample Kolmogorov-Smirnov statistic of a feature, recent window against the reference.",
+    ["model", "feature"],
+)
+FEATURE_REFERENCE_REFRESHES = Counter(
+    "undertow_feature_drift_reference_refreshes",
+    "Times the data-drift reference window was replaced by the recent window.",
     ["model"],
 )
 MODEL_VERSION = Gauge("undertow_model_version", "Version of the served model.", ["model"])

@@ -62,6 +62,12 @@ class Settings(BaseModel):
     early_label_ttl_s: float = Field(3_600.0, ge=0)
     max_pending: int = Field(1_000_000, gt=0)
     quality_window: int = Field(1000, gt=0)
+    #: Data drift: served vectors in the reference and recent windows, how often PSI/KS are
+    #: recomputed, and after how many events the reference is replaced (0 = never).
+    drift_reference_size: int = Field(2000, gt=0)
+    drift_recent_size: int = Field(2000, gt=0)
+    drift_every: int = Field(1000, gt=0)
+    drift_refresh_every: int = Field(0, ge=0)
 
     #: Entity state is split into this many shards, spread over the workers by Bytewax.
     feature_shards: int = Field(32, gt=0)

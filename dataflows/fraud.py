@@ -24,6 +24,7 @@ from operators.decode import decode_events, decode_labels
 from operators.features import rolling_features
 from operators.learning import serve_and_learn
 from undertow import fraud
+from undertow.drift import FeatureDrift
 from undertow.learning import OnlineLearner
 from undertow.models import make_model
 
@@ -37,6 +38,12 @@ def make_learner(settings: Settings, *, label_partitions: int | None = None) -> 
         max_pending=settings.max_pending,
         threshold=settings.threshold,
         quality_window=settings.quality_window,
+        feature_drift=FeatureDrift(
+            reference_size=settings.drift_reference_size,
+            recent_size=settings.drift_recent_size,
+            every=settings.drift_every,
+            refresh_every=settings.drift_refresh_every,
+        ),
         label_partitions=label_partitions,
     )
 

@@ -47,7 +47,8 @@ class _MetricsPump:
         self.early = metrics.EARLY_LABELS.labels(model=m)
         self.early_expired = metrics.EARLY_LABELS_EXPIRED.labels(model=m)
         self.duplicates = metrics.DUPLICATE_EVENTS.labels(model=m)
-        self.drifts = metrics.DRIFT_DETECTIONS.labels(model=m)
+        self.seen_detections: dict[tuple[str, str, str], int] = {}
+        self.seen_refreshes = 0
 
     def pump(self, learner: OnlineLearner, step_id: str) -> None:
         c, s = learner.counts, self.seen
@@ -58,7 +59,7 @@ class _MetricsPump:
         self.early.inc(c.early_labels - s.early_labels)
         self.early_expired.inc(c.early_expired - s.early_expired)
         self.duplicates.inc(c.duplicate_events - s.duplicate_events)
-        self.drifts.inc(c.drift_detections - s.drift_detections)
+        self._pump_drift(learner)
         for reason, n in c.label_dead_letters.items():
             d = n - s.label_dead_letters.get(reason, 0)
             if d:
@@ -79,10 +80,37 @@ class _MetricsPump:
         q = learner.quality()
         metrics.ACCURACY.labels(model=m).set(q["accuracy"])
         metrics.LOG_LOSS.labels(model=m).set(q["log_loss"])
-        metrics.ERROR_ESTIMATE.labels(model=m).set(q["error_estimate"])
+        metrics.ROC_AUC.labels(model=m).set(q["roc_auc"])
         metrics.MODEL_VERSION.labels(model=m).set(learner.version)
+        if learner.last_learn_at is not None:
+            metrics.LAST_LEARN.labels(model=m).set(learner.last_learn_at)
         if learner.clock is not None:
             metrics.MODEL_CLOCK.labels(model=m).set(learner.clock / 1000.0)
+
+
+    def _pump_drift(self, learner: OnlineLearner) -> None:
+        m = self.model
+        for stream, cd in (("error", learner.error_drift), ("score", learner.score_drift)):
+            for (detector, direction), n in cd.detections.items():
+                key = (stream, detector, direction)
+                d = n - self.seen_detections.get(key, 0)
+                counter = metrics.CONCEPT_DRIFT_DETECTIONS.labels(
+                    model=m, detector=detector, stream=stream, direction=direction
+                )
+                if d:
+                    counter.inc(d)
+                self.seen_detections[key] = n
+            metrics.CONCEPT_DRIFT_ESTIMATE.labels(model=m, detector="adwin", stream=stream).set(
+                cd.estimate
+            )
+        fd = learner.feature_drift
+        for feature, (psi, ks) in fd.scores.items():
+            metrics.FEATURE_PSI.labels(model=m, feature=feature).set(psi)
+            metrics.FEATURE_KS.labels(model=m, feature=feature).set(ks)
+        refreshes = metrics.FEATURE_REFERENCE_REFRESHES.labels(model=m)
+        if fd.refreshes != self.seen_refreshes:
+            refreshes.inc(fd.refreshes - self.seen_refreshes)
+            self.seen_refreshes = fd.refreshes
 
 
 class _LearnerLogic(StatefulBatchLogic[Any, Any, OnlineLearner]):
@@ -92,6 +120,12 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, OnlineLearner]):
         self.pump = _MetricsPump(learner.name)
         # A resumed learner's counts were exported by the process that snapshotted it.
         self.pump.seen = _copy_counts(learner.counts)
+        self.pump.seen_detections = {
+            (stream, det, direction): n
+            for stream, cd in (("error", learner.error_drift), ("score", learner.score_drift))
+            for (det, direction), n in cd.detections.items()
+        }
+        self.pump.seen_refreshes = learner.feature_drift.refreshes
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
@@ -128,7 +162,7 @@ def _record_order(v: FeaturedEvent | Label) -> tuple[int, int, str]:
 def _copy_counts(c: LearnerCounts) -> LearnerCounts:
     return LearnerCounts(
         c.events, c.labels, c.learned, c.duplicate_events, dict(c.pending_expired),
-        c.early_labels, c.early_expired, dict(c.label_dead_letters), c.drift_detections,
+        c.early_labels, c.early_expired, dict(c.label_dead_letters),
     )
 
 

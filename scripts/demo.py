@@ -34,6 +34,8 @@ from connectors.broker import EmbeddedKafka, free_port, read_topic  # noqa: E402
 from connectors.generate import KafkaSink, run as write_workload  # noqa: E402
 from undertow.workload import WorkloadConfig, drift_index  # noqa: E402
 
+DRIFT_UP = "undertow_concept_drift_detections_total"
+UP = {"detector": "adwin", "stream": "error", "direction": "up"}
 TOPICS = {"events": 3, "labels": 3, "predictions": 1, "deadletter": 1}
 
 
@@ -162,7 +164,7 @@ def main() -> int:
                         f"predictions {int(preds):>8}  labels learned {int(learned):>8}  "
                         f"dead letters {int(total(m, 'undertow_dead_letters_total')):>5}  "
                         f"rolling acc {total(m, 'undertow_model_accuracy_ratio'):.3f}  "
-                        f"drifts {int(total(m, 'undertow_drift_detections_total'))}")
+                        f"drift up {int(total(m, DRIFT_UP, **UP))}")
                 print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
                 if preds >= written["events"] and last is None:
                     last = now
@@ -210,8 +212,14 @@ def main() -> int:
         print(f"  before the drift       {quality(before)}")
         print(f"  first hour after it    {quality(first_hour)}")
         print(f"  after the drift        {quality(after)}")
-        print(f"  drift detections       {int(total(m, 'undertow_drift_detections_total'))} (ADWIN"
-              f" on the served error)")
+        ups = int(total(m, DRIFT_UP, **UP))
+        downs = int(total(m, DRIFT_UP, **{**UP, "direction": "down"}))
+        print(f"  drift detections       {ups} up / {downs} down (ADWIN on the served error;"
+              f" up = the model got worse)")
+        worst = sorted(((total(m, "undertow_feature_drift_psi", feature=f), f) for f in {
+            dict(lb)["feature"] for (n, lb) in m if n == "undertow_feature_drift_psi"}),
+            reverse=True)[:3]
+        print("  feature drift (PSI)    " + ", ".join(f"{f} {v:.2f}" for v, f in worst))
         print(f"  throughput             {len(preds) / elapsed:,.0f} events/s (scraped each second)")
         print(f"  processing latency     p50 {1000 * quantile(m, 'undertow_processing_latency_seconds', 0.5):.1f} ms"
               f"  p99 {1000 * quantile(m, 'undertow_processing_latency_seconds', 0.99):.1f} ms"

@@ -168,7 +168,9 @@ def test_bytewax_run_serves_metrics_on_the_api_port(kafka: EmbeddedKafka, loaded
                        "undertow_dead_letters_total", "undertow_processing_latency_seconds_bucket",
                        "undertow_event_lag_seconds_bucket", "undertow_label_delay_seconds_bucket",
                        "undertow_model_accuracy_ratio", "undertow_model_log_loss",
-                       "undertow_model_error_estimate_ratio", "undertow_drift_detections_total",
+                       "undertow_model_roc_auc_ratio", "undertow_concept_drift_estimate",
+                       "undertow_concept_drift_detections_total", "undertow_feature_drift_psi",
+                       "undertow_feature_drift_ks", "undertow_model_last_learn_timestamp_seconds",
                        "undertow_feature_entities", "bytewax_kafka_consumer_lag"):
             assert family in text, family
         assert proc.poll() is None  # live mode keeps running

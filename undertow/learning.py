@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from river import drift
 
+from undertow.drift import ConceptDrift, FeatureDrift
 from undertow.quality import RollingQuality
 from undertow.schema import (
     CONFLICTING_LABEL,
@@ -84,7 +84,6 @@ class LearnerCounts:
     early_labels: int = 0
     early_expired: int = 0
     label_dead_letters: dict[str, int] = field(default_factory=dict)
-    drift_detections: int = 0
 
 
 class OnlineLearner:
@@ -104,6 +103,7 @@ class OnlineLearner:
         max_pending: int = 1_000_000,
         threshold: float = 0.5,
         quality_window: int = 1000,
+        feature_drift: FeatureDrift | None = None,
         version: int = 1,
         label_partitions: int | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -136,7 +136,11 @@ class OnlineLearner:
         self.finished: dict[str, tuple[int, bool | None]] = {}  # event_id -> (kind, label value)
         self._finished_heap: list[tuple[int, str]] = []
         self.served_quality = RollingQuality(quality_window)
-        self.error_drift = drift.ADWIN()
+        #: Concept drift on the served absolute error and on the served scores.
+        self.error_drift = ConceptDrift()
+        self.score_drift = ConceptDrift()
+        self.feature_drift = feature_drift if feature_drift is not None else FeatureDrift()
+        self.last_learn_at: float | None = None
         self.counts = LearnerCounts()
         # Observations for histograms, drained by the operator after each batch.
         self.label_delays_s: list[float] = []
@@ -181,6 +185,8 @@ class OnlineLearner:
             )
         )
         self.event_lags_s.append(now - ev.ts / 1000.0)
+        self.score_drift.update(score, ev.ts)
+        self.feature_drift.update(x)
         deadline = ev.ts + self.label_ttl_ms
         self.pending[ev.event_id] = PendingPrediction(
             ev.event_id, ev.key, x, score, predicted, ev.ts, deadline
@@ -297,10 +303,9 @@ class OnlineLearner:
         del self.pending[label.event_id]
         y = label.value
         self.served_quality.update(y, p.score, p.predicted)
-        self.error_drift.update(abs(float(y) - p.score))
-        if self.error_drift.drift_detected:
-            self.counts.drift_detections += 1
+        self.error_drift.update(abs(float(y) - p.score), self.clock or label.ts)
         self.model.learn_one(p.features, y)
+        self.last_learn_at = self.wall_clock()
         self.labels_learned += 1
         self.counts.learned += 1
         self.label_delays_s.append((label.ts - p.event_ts) / 1000.0)
@@ -352,10 +357,6 @@ class OnlineLearner:
         return len(self._waiting)
 
     def quality(self) -> dict[str, float]:
-        """Rolling quality of served predictions and the drift detector's estimate."""
+        """Rolling quality of served predictions."""
         q = self.served_quality
-        return {
-            "accuracy": q.accuracy,
-            "log_loss": q.log_loss,
-            "error_estimate": float(self.error_drift.estimation),
-        }
+        return {"accuracy": q.accuracy, "log_loss": q.log_loss, "roc_auc": q.roc_auc}
