@@ -213,3 +213,57 @@ def test_two_workers_score_every_event_once(kafka: EmbeddedKafka, loaded):
     dead = consume_all(kafka.bootstrap_servers, out["deadletter"], 1)
     assert sum(1 for m in dead if dict(m.headers())["undertow.error.topic"].decode()
                == names["events"]) == len(bad)
+
+
+def test_two_processes_share_the_work_and_each_serves_its_metrics(kafka: EmbeddedKafka, loaded):
+    """`-i/-a` scale-out: each process has its own metrics port; their counters add up."""
+    w, names, _, _ = loaded
+    out = {k: f"{names[k]}-p2" for k in ("predictions", "deadletter")}
+    kafka.create_topics(list(out.values()))
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    ports = [free_port(), free_port()]
+    procs = []
+    for i in range(2):
+        env = {
+            **os.environ,
+            "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "UNDERTOW_EVENTS_TOPIC": names["events"],
+            "UNDERTOW_LABELS_TOPIC": names["labels"],
+            "UNDERTOW_PREDICTIONS_TOPIC": out["predictions"],
+            "UNDERTOW_DEADLETTER_TOPIC": out["deadletter"],
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(ports[i]),
+        }
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow", "-i", str(i), "-a",
+             addresses], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, start_new_session=True))
+    try:
+        deadline, reads = time.time() + 90, [0.0, 0.0]
+        while time.time() < deadline:
+            time.sleep(1)
+            for i, port in enumerate(ports):
+                try:
+                    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                                  timeout=2).read().decode()
+                except OSError:
+                    continue
+                reads[i] = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                               if line.startswith('undertow_records_read_total{stream="events"}'))
+            if sum(reads) >= len(w.events):
+                break
+        # the partitions are split between the processes, and together they read every record
+        assert all(r > 0 for r in reads), reads
+        assert sum(reads) == len(w.events) + 25
+        preds = read_topic(kafka.bootstrap_servers, out["predictions"])
+        deadline = time.time() + 30
+        while len(preds) < len(w.events) and time.time() < deadline:
+            time.sleep(1)
+            preds = read_topic(kafka.bootstrap_servers, out["predictions"])
+        ids = sorted(orjson.loads(m.value())["event_id"] for m in preds)
+        assert ids == sorted(e["event_id"] for e in w.events)
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(20)
