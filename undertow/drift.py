@@ -3,7 +3,8 @@
 :class:`ConceptDrift` runs River's ADWIN and Page-Hinkley on one stream (the served absolute error,
 or the served scores) and counts detections by *direction*: an ADWIN detection after which the
 mean is higher is ``up``. On the error stream only ``up`` means the model got worse; the ``down``
-detections of a model that is still learning are expected and must not alert.
+detections of a model that is still learning are expected and must not alert. The direction
+compares ADWIN's estimate after the cut with the mean since the previous detection.
 
 :class:`FeatureDrift` compares, per feature, a *reference* window (the first ``reference_size``
 served vectors, or the latest recent window when refreshed) with the *recent* window (the last
@@ -42,17 +43,24 @@ class ConceptDrift:
             ("adwin", "down"): 0,
             ("page_hinkley", "up"): 0,
         }
+        self._sum = 0.0
+        self._n = 0
         #: (event time, detector, direction) of the latest detections.
         self.history: deque[tuple[int, str, str]] = deque(maxlen=keep_last)
 
     def update(self, x: float, ts: int) -> None:
         adwin = self.adwin
-        before = adwin.estimation
+        # The mean since the previous detection: the level ADWIN's window held before it cut
+        # (reading adwin.estimation per update costs more than the update itself).
+        self._sum += x
+        self._n += 1
         adwin.update(x)
         if adwin.drift_detected:
-            direction = "up" if adwin.estimation > before else "down"
+            direction = "up" if adwin.estimation > self._sum / self._n else "down"
             self.detections[("adwin", direction)] += 1
             self.history.append((ts, "adwin", direction))
+            self._sum = 0.0
+            self._n = 0
         ph = self.page_hinkley
         ph.update(x)
         if ph.drift_detected:
