@@ -17,6 +17,7 @@ from bytewax.dataflow import Stream, operator
 from connectors import metrics
 from connectors.kafka import KafkaRecord
 from undertow.schema import (
+    INVALID_RECORD,
     KAFKA_ERROR,
     DeadLetter,
     Event,
@@ -53,12 +54,21 @@ def _decoder(
     """A batch decoder: one wall-clock reading per batch, counts pushed once per batch."""
     reads = metrics.RECORDS_READ.labels(stream=stream)
 
+    def guarded(m: KafkaRecord, now: float) -> Any:
+        try:
+            return decode_one(m, now)
+        except Exception as ex:  # no input may crash the dataflow: unforeseen -> dead letter
+            return DeadLetter(INVALID_RECORD, f"{type(ex).__name__}: {ex}"[:500], m.value, m.key,
+                              m.topic, m.partition, m.offset, step_id)
+
     def decode_batch(batch: list[KafkaRecord]) -> list[Any]:
         now = time.time()
-        out = [
-            decode_one(m, now) if m.error is None else _kafka_error(step_id, m)
-            for m in batch
-        ]
+        try:
+            out = [decode_one(m, now) if m.error is None else _kafka_error(step_id, m)
+                   for m in batch]
+        except Exception:  # rare: redo the batch record by record to isolate the culprit
+            out = [guarded(m, now) if m.error is None else _kafka_error(step_id, m)
+                   for m in batch]
         ok = 0
         for x in out:
             if type(x) is ok_type:

@@ -42,6 +42,12 @@ UNKNOWN_EVENT = "unknown_event"
 DUPLICATE_LABEL = "duplicate_label"
 CONFLICTING_LABEL = "conflicting_label"
 EXPIRED_EVENT = "expired_event"
+OUT_OF_RANGE = "out_of_range"
+INVALID_RECORD = "invalid_record"
+
+#: The latest event time accepted: 2100-01-01T00:00:00Z. A record stamped beyond it would drag
+#: every event-time clock forward and expire all state at once.
+MAX_TS_MS = 4_102_444_800_000
 
 #: Every reason a record can be dead-lettered for, so metrics can be pre-declared at zero.
 DEAD_LETTER_REASONS = (
@@ -59,6 +65,8 @@ DEAD_LETTER_REASONS = (
     DUPLICATE_LABEL,
     CONFLICTING_LABEL,
     EXPIRED_EVENT,
+    OUT_OF_RANGE,
+    INVALID_RECORD,
 )
 
 
@@ -206,7 +214,7 @@ def _loads(raw: bytes | None) -> dict[str, Any]:
         # only fails on those is reported precisely as not_finite rather than as bad_json.
         try:
             obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _Invalid(BAD_JSON, str(ex)) from None
     if not isinstance(obj, dict):
         raise _Invalid(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
@@ -235,8 +243,10 @@ def _epoch_ms(obj: dict[str, Any], name: str) -> int:
         raise _Invalid(
             WRONG_TYPE, f"field {name!r} must be an integer epoch-ms time, got {type(v).__name__}"
         )
-    if v < 0:
-        raise _Invalid(WRONG_TYPE, f"field {name!r} must be >= 0, got {v}")
+    if not 0 <= v <= MAX_TS_MS:
+        raise _Invalid(
+            OUT_OF_RANGE, f"field {name!r} must be an epoch-ms time in [0, {MAX_TS_MS}], got {v}"
+        )
     return v
 
 
@@ -245,8 +255,12 @@ def _number(obj: dict[str, Any], name: str) -> float:
     t = type(v)
     if t is not float and t is not int:
         raise _Invalid(WRONG_TYPE, f"field {name!r} must be a number, got {t.__name__}")
-    if not math.isfinite(v):
-        raise _Invalid(NOT_FINITE, f"field {name!r} is not finite: {v!r}")
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise _Invalid(NOT_FINITE, f"field {name!r} is not finite: {str(v)[:40]}")
     return v
 
 
