@@ -29,7 +29,12 @@ from undertow.learning import OnlineLearner
 from undertow.models import make_model
 
 
-def make_learner(settings: Settings, *, label_partitions: int | None = None) -> OnlineLearner:
+def make_learner(
+    settings: Settings,
+    *,
+    label_partitions: int | None = None,
+    event_partitions: int | None = None,
+) -> OnlineLearner:
     return OnlineLearner(
         settings.model_name,
         make_model(settings.model, seed=settings.model_seed),
@@ -45,6 +50,7 @@ def make_learner(settings: Settings, *, label_partitions: int | None = None) -> 
             refresh_every=settings.drift_refresh_every,
         ),
         label_partitions=label_partitions,
+        event_partitions=event_partitions,
     )
 
 
@@ -78,10 +84,13 @@ def build_flow(
         finish=fraud.derive_features,
     )
     def learner_at_run_time() -> OnlineLearner:
-        # The label watermark waits for every label partition; ask the broker how many there are
-        # (at run time, on the worker: importing this module does no I/O).
-        parts = None if "labels" in sources else partition_count(s, s.labels_topic)
-        return make_learner(s, label_partitions=parts)
+        # Watermarks wait for every partition of their stream; ask the broker how many there
+        # are (at run time, on the worker: importing this module does no I/O).
+        return make_learner(
+            s,
+            label_partitions=None if "labels" in sources else partition_count(s, s.labels_topic),
+            event_partitions=None if "events" in sources else partition_count(s, s.events_topic),
+        )
 
     served = serve_and_learn(
         "model", featured, labels.oks, model_name=s.model_name, make_learner=learner_at_run_time

@@ -136,9 +136,9 @@ def test_label_watermark_is_the_slowest_label_partition():
     fast = Label("e2", "k", 5000, True, topic="labels", partition=0)
     slow = Label("x", "k", 500, True, topic="labels", partition=1)
     run(lr, [slow, fast], end=False)
-    assert lr.label_watermark == 500 and "e1" in lr.pending
+    assert lr.label_wm.value == 500 and "e1" in lr.pending
     run(lr, [Label("y", "k", 1500, True, topic="labels", partition=1)], end=False)
-    assert lr.label_watermark == 1500 and "e1" not in lr.pending
+    assert lr.label_wm.value == 1500 and "e1" not in lr.pending
 
 
 def test_label_after_ttl_for_a_still_pending_event_expires_it():
@@ -305,6 +305,14 @@ def test_no_label_watermark_until_every_label_partition_has_spoken():
     lr = learner(ttl=1000, label_partitions=2)
     run(lr, [ev(1, 0), ev(2, 9000)], end=False)
     run(lr, [Label("e2", "k", 9000, True, topic="labels", partition=0)], end=False)
-    assert lr.label_watermark is None and "e1" in lr.pending  # partition 1 may still hold e1's
+    assert lr.label_wm.value is None and "e1" in lr.pending  # partition 1 may still hold e1's
     run(lr, [Label("e1", "k", 900, True, topic="labels", partition=1)], end=False)
     assert lr.labels_learned == 2 and lr.counts.pending_expired["ttl"] == 0
+
+
+def test_early_labels_wait_for_the_slowest_event_partition():
+    lr = learner(early=1000, event_partitions=2)
+    fast = [FeaturedEvent(Event(f"f{i}", "k", i * 1000, {}, 0.0, 0), {"x": 1.0}) for i in range(10)]
+    run(lr, fast + [lb("slow", 500)], end=False)  # partition 0 is 9 s ahead; e"slow" is on 1
+    run(lr, [FeaturedEvent(Event("eslow", "k", 400, {}, 0.0, 1), {"x": 1.0})], end=False)
+    assert lr.labels_learned == 1 and lr.counts.early_expired == 0

@@ -18,7 +18,8 @@ largest event time it has scored) and enforces the invariants of DESIGN.md:
   bounds the memory). Given ``label_partitions``, there is no label watermark until every label
   partition has sent a label, so a slow-starting partition cannot be overtaken either;
   a label whose event has not been seen (an *early* label) waits ``early_label_ttl_ms`` after its
-  own time; ids of finished events are remembered for ``label_ttl_ms`` to catch duplicates; the
+  own time, judged on the *event* watermark (the slowest event partition), so an events
+  partition that lags behind the others does not lose its labels; ids of finished events are remembered for ``label_ttl_ms`` to catch duplicates; the
   number of pending predictions is capped (oldest expire first).
 
 Label outcomes that do not teach the model are returned as :class:`~undertow.schema.DeadLetter`
@@ -57,6 +58,41 @@ EXPIRY_CAPACITY = "capacity"
 
 _LEARNED = 1
 _EXPIRED = 2
+
+
+class PartitionWatermark:
+    """The newest time seen on the slowest partition of a stream.
+
+    Given ``expected`` partitions, there is no watermark until each has delivered a record, so a
+    partition that starts late cannot be overtaken.
+
+    >>> wm = PartitionWatermark(expected=2)
+    >>> wm.update(0, 50), wm.value
+    (False, None)
+    >>> wm.update(1, 20), wm.value
+    (True, 20)
+    """
+
+    __slots__ = ("expected", "newest", "value")
+
+    def __init__(self, expected: int | None = None) -> None:
+        self.expected = expected
+        self.newest: dict[Any, int] = {}
+        self.value: int | None = None
+
+    def update(self, partition: Any, ts: int) -> bool:
+        """Record a time on a partition; True if the watermark advanced."""
+        newest = self.newest
+        if ts <= newest.get(partition, -1):
+            return False
+        newest[partition] = ts
+        if self.expected is not None and len(newest) < self.expected:
+            return False
+        wm = min(newest.values())
+        if self.value is None or wm > self.value:
+            self.value = wm
+            return True
+        return False
 
 
 @dataclass(slots=True)
@@ -106,6 +142,7 @@ class OnlineLearner:
         feature_drift: FeatureDrift | None = None,
         version: int = 1,
         label_partitions: int | None = None,
+        event_partitions: int | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if label_ttl_ms <= 0:
@@ -123,9 +160,8 @@ class OnlineLearner:
         self.threshold = threshold
         self.wall_clock = wall_clock
         self.clock: int | None = None
-        self._label_clocks: dict[tuple[str | None, int | None], int] = {}
-        self.label_watermark: int | None = None
-        self.label_partitions = label_partitions
+        self.label_wm = PartitionWatermark(label_partitions)
+        self.event_wm = PartitionWatermark(event_partitions)
         self.labels_learned = 0
         self.pending: dict[str, PendingPrediction] = {}
         self._pending_heap: list[tuple[int, str]] = []  # (deadline, event_id); lazy deletion
@@ -152,6 +188,7 @@ class OnlineLearner:
         """Advance the clock to the event, then score it; results are appended to ``out``."""
         ev = fe.event
         self.counts.events += 1
+        self.event_wm.update(ev.partition, ev.ts)
         self._advance(ev.ts, out)
         if ev.event_id in self.pending or ev.event_id in self.finished:
             self.counts.duplicate_events += 1
@@ -201,21 +238,9 @@ class OnlineLearner:
     def on_label(self, label: Label, out: list[Any]) -> None:
         """Apply a label now if its time has come, else hold it until the clock reaches it."""
         self.counts.labels += 1
-        part = (label.topic, label.partition)
-        clocks = self._label_clocks
-        if label.ts > clocks.get(part, -1):
-            clocks[part] = label.ts
-            self._advance_label_watermark()
-        self._hold_or_apply(label, out)
-
-    def _advance_label_watermark(self) -> None:
-        clocks = self._label_clocks
-        if self.label_partitions is not None and len(clocks) < self.label_partitions:
-            return
-        wm = min(clocks.values())
-        if self.label_watermark is None or wm > self.label_watermark:
-            self.label_watermark = wm
+        if self.label_wm.update((label.topic, label.partition), label.ts):
             self._expire_due()
+        self._hold_or_apply(label, out)
 
     def _hold_or_apply(self, label: Label, out: list[Any]) -> None:
         if self.clock is None or label.ts > self.clock:
@@ -249,7 +274,8 @@ class OnlineLearner:
             self._apply(label, out)
         self._expire_due()
         early_heap = self._early_heap
-        while early_heap and early_heap[0][0] < clock:
+        event_wm = self.event_wm.value
+        while early_heap and event_wm is not None and early_heap[0][0] < event_wm:
             deadline, event_id = heapq.heappop(early_heap)
             held = self.early.get(event_id)
             if held is not None and held[1] == deadline:
@@ -263,9 +289,10 @@ class OnlineLearner:
 
     def _expire_due(self) -> None:
         """Expire pending predictions whose deadline both clocks have passed."""
-        if self.clock is None or self.label_watermark is None:
+        label_wm = self.label_wm.value
+        if self.clock is None or label_wm is None:
             return
-        horizon = min(self.clock, self.label_watermark)
+        horizon = min(self.clock, label_wm)
         heap = self._pending_heap
         while heap and heap[0][0] < horizon:
             deadline, event_id = heapq.heappop(heap)

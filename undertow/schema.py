@@ -74,7 +74,8 @@ class Event(NamedTuple):
     """One validated input event.
 
     ``fields`` is the decoded JSON object itself (validated, never copied); ``read_at`` is the
-    wall-clock time (epoch seconds) at which the dataflow read the record, for latency metrics.
+    wall-clock time (epoch seconds) at which the dataflow read the record, for latency metrics;
+    ``partition`` is the Kafka partition it came from (event-time watermarks are per partition).
     """
 
     event_id: str
@@ -82,6 +83,7 @@ class Event(NamedTuple):
     ts: int
     fields: dict[str, Any]
     read_at: float = 0.0
+    partition: int | None = None
 
 
 class Label(NamedTuple):
@@ -264,7 +266,9 @@ def _number(obj: dict[str, Any], name: str) -> float:
     return v
 
 
-def _validate_event(obj: dict[str, Any], schema: EventSchema, read_at: float) -> Event:
+def _validate_event(
+    obj: dict[str, Any], schema: EventSchema, read_at: float, partition: int | None
+) -> Event:
     event_id = _string(obj, schema.id_field)
     key = _string(obj, schema.key_field)
     ts = _epoch_ms(obj, schema.ts_field)
@@ -281,7 +285,7 @@ def _validate_event(obj: dict[str, Any], schema: EventSchema, read_at: float) ->
         if v not in allowed:
             reason = UNKNOWN_CHANNEL if name == "channel" else WRONG_TYPE
             raise _Invalid(reason, f"field {name!r} has unknown value {v!r}")
-    return Event(event_id, key, ts, obj, read_at)
+    return Event(event_id, key, ts, obj, read_at, partition)
 
 
 def decode_event(
@@ -297,7 +301,7 @@ def decode_event(
 ) -> Event | DeadLetter:
     """Decode and validate one event; a bad record becomes a :class:`DeadLetter` value."""
     try:
-        return _validate_event(_loads(raw), schema, read_at)
+        return _validate_event(_loads(raw), schema, read_at, partition)
     except _Invalid as ex:
         return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step)
 
