@@ -56,6 +56,10 @@ from undertow.schema import (
 EXPIRY_TTL = "ttl"
 EXPIRY_CAPACITY = "capacity"
 
+_UNKNOWN_DETAIL = (
+    "no event with this id is known: never seen, or finished longer than the label TTL ago"
+)
+
 _LEARNED = 1
 _EXPIRED = 2
 
@@ -257,7 +261,7 @@ class OnlineLearner:
         for event_id in list(self.early):
             label, _ = self.early.pop(event_id)
             self.counts.early_expired += 1
-            self._dead_letter(label, UNKNOWN_EVENT, "no event with this id was seen", out)
+            self._dead_letter(label, UNKNOWN_EVENT, _UNKNOWN_DETAIL, out)
         self._early_heap.clear()
 
     # -- internals ------------------------------------------------------------------------------
@@ -281,7 +285,7 @@ class OnlineLearner:
             if held is not None and held[1] == deadline:
                 del self.early[event_id]
                 self.counts.early_expired += 1
-                self._dead_letter(held[0], UNKNOWN_EVENT, "no event with this id was seen", out)
+                self._dead_letter(held[0], UNKNOWN_EVENT, _UNKNOWN_DETAIL, out)
         fin = self._finished_heap
         while fin and fin[0][0] < clock:
             _, event_id = heapq.heappop(fin)
