@@ -247,7 +247,6 @@ class PrometheusServer:
                 f"--web.listen-address={LOOPBACK}:{self.port}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--storage.tsdb.retention.time={self.retention}",
-                "--web.enable-lifecycle",
                 "--log.level=warn",
             ]
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=self._log,
@@ -409,8 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         server.start()
-        print(f"prometheus: {server.url}  (pid {server.pid}, config {server.config_path})",
-              flush=True)
+        print(f"prometheus: {server.url}  (pid {server.pid}; Ctrl-C stops it)\n"
+              f"  targets: {server.url}/targets   alerts: {server.url}/alerts   "
+              f"rules: {server.url}/rules", flush=True)
         while not stop["now"]:
             if server.proc is None or server.proc.poll() is not None:
                 print(f"prometheus exited: {server.log_tail()}", file=sys.stderr)

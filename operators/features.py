@@ -123,6 +123,9 @@ def rolling_features(
     """
     if shards <= 0:
         raise ValueError(f"rolling_features {step_id!r}: shards must be > 0, got {shards}")
+    # Series exist at zero from the start, so dashboards show 0 and rate() sees the first count.
+    metrics.LATE_EVENTS.labels(step=step_id)
+    metrics.ENTITIES_EVICTED.labels(step=step_id)
     keyed = op.key_on("shard", up, lambda fe: shard_of(fe.event.fields[entity_field], shards))
 
     def build(resume: RollingFeatures | None) -> _ShardLogic:

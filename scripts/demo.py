@@ -1,10 +1,11 @@
 """The undertow demo: the fraud dataflow, live, on an embedded Kafka broker with generated data.
 
-    bash scripts/demo.sh [--events 100000] [--model logreg|hat] [--metrics-port 3030]
+    bash scripts/demo.sh [--events 100000] [--model logreg|hat] [--metrics-port 3030] [--rate 2000]
 
 1. starts the embedded broker (Tansu) and creates the topics;
 2. writes a deterministic card-transaction workload (delayed labels, a concept drift half way,
-   5 % of events never labelled, a few malformed records) to it;
+   5 % of events never labelled, a few malformed records) to it: all of it first, or with
+   ``--rate`` as a live stream while the dataflow runs (to watch it in Prometheus/Grafana);
 3. runs ``python -m bytewax.run dataflows.fraud:flow`` with Bytewax's API server on, so its
    metrics are at ``http://127.0.0.1:PORT/metrics`` while it runs, and prints progress from them;
 4. once every record is accounted for, stops the dataflow (as Ctrl-C would) and the broker, and
@@ -19,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -100,6 +102,8 @@ def main() -> int:
     ap.add_argument("--metrics-port", type=int, default=0, help="default: 3030 if free")
     ap.add_argument("--label-ttl-s", type=float, default=3600.0)
     ap.add_argument("--timeout-s", type=float, default=900.0)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="events/s while the dataflow runs (0: load everything first)")
     args = ap.parse_args()
     port = args.metrics_port or (3030 if _port_free(3030) else free_port())
     tty = sys.stdout.isatty()
@@ -111,18 +115,31 @@ def main() -> int:
         print(f"  embedded Kafka (Tansu) at {bs}, pid {kafka.pid}")
 
         config = WorkloadConfig(seed=args.seed, n_events=args.events, label_coverage=0.95)
-        sink = KafkaSink(bs, "events", "labels", 60.0)
-        t0 = time.monotonic()
-        written = write_workload(config, sink, n_malformed=25)
-        errors = sink.close()
-        del sink  # destroy the producer now, not after the broker has stopped
-        if errors:
-            print(f"  {errors} records could not be written to Kafka", file=sys.stderr)
-            return 1
-        drift_ts = written["drift_ts"]
-        print(f"  wrote {written['events']} events, {written['labels']} labels, "
-              f"{written['malformed']} malformed records in {time.monotonic() - t0:.1f} s; "
-              f"drift at event {drift_index(config)}")
+        result: dict = {}
+
+        def write() -> None:
+            sink = KafkaSink(bs, "events", "labels", 60.0)
+            t0 = time.monotonic()
+            result["written"] = write_workload(config, sink, n_malformed=25, rate=args.rate)
+            result["errors"] = sink.close()
+            result["seconds"] = time.monotonic() - t0
+
+        def report_written() -> bool:
+            if result.get("errors"):
+                print(f"  {result['errors']} records could not be written to Kafka",
+                      file=sys.stderr)
+                return False
+            w = result["written"]
+            print(f"  wrote {w['events']} events, {w['labels']} labels, {w['malformed']} "
+                  f"malformed records in {result['seconds']:.1f} s; drift at event "
+                  f"{drift_index(config)}")
+            return True
+
+        writer = threading.Thread(target=write, daemon=True)
+        if args.rate <= 0:  # load first, then watch the dataflow catch up
+            writer.run()
+            if not report_written():
+                return 1
 
         env = {
             **os.environ,
@@ -136,7 +153,9 @@ def main() -> int:
         cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"]
         print(f"  running: {' '.join(cmd[1:])}   (metrics: http://127.0.0.1:{port}/metrics)")
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-        n_labels = written["labels"]
+        if args.rate > 0:  # a live stream at the given rate while the dataflow runs
+            print(f"  writing {args.events} events at {args.rate:g} events/s")
+            writer.start()
         first_pred_at = last = None
         done_at = None
         final: dict = {}
@@ -166,9 +185,12 @@ def main() -> int:
                         f"rolling acc {total(m, 'undertow_model_accuracy_ratio'):.3f}  "
                         f"drift up {int(total(m, DRIFT_UP, **UP))}")
                 print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+                if writer.is_alive() or "written" not in result:
+                    continue
+                written = result["written"]
                 if preds >= written["events"] and last is None:
                     last = now
-                if preds >= written["events"] and learned + label_dl + held >= n_labels:
+                if preds >= written["events"] and learned + label_dl + held >= written["labels"]:
                     done_at = now
                     break
         finally:
@@ -178,6 +200,11 @@ def main() -> int:
         if done_at is None:
             print("  timed out before every record was accounted for", file=sys.stderr)
             return 1
+        if args.rate > 0 and not report_written():
+            return 1
+        written = result["written"]
+        n_labels = written["labels"]
+        drift_ts = written["drift_ts"]
 
         preds = [orjson.loads(m.value()) for m in read_topic(bs, "predictions")]
         dead = read_topic(bs, "deadletter")

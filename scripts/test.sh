@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# tests/test_observability.py runs a real Prometheus: Debian's package, installed once (as root).
+.venv/bin/python -m connectors.prometheus --ensure-installed
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,501 @@
+"""Generate undertow's Grafana dashboards and Prometheus alerting rules from code.
+
+    python -m dashboards.build            # (re)write dashboards/grafana/*.json and alerts.yml
+    python -m dashboards.build --check    # exit 1 if a committed file differs from the output
+
+The dashboards are built with Grafana's own ``grafana-foundation-sdk`` and written as sorted,
+indented JSON, so the output is byte-for-byte deterministic; the files are committed and
+``tests/test_observability.py`` checks they equal what this module produces.
+
+Every query holds when several dataflow processes are scraped: counters are ``rate``d per series
+then summed by the labels shown; quantiles are ``histogram_quantile`` over
+``sum by (le, ...) (rate(..._bucket[...]))``; gauges of the model step (one learner per model,
+on whichever worker owns its key) are taken with ``max by (model)``, size gauges are summed.
+
+Alerting rules: each :class:`Alert` has a ``signal`` (a query that returns data whenever the
+dataflow is scraped, healthy or not) and a ``condition`` on it. The rule's ``expr`` is the
+condition applied to the signal, so the test can check both on a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, common, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+
+HERE = Path(__file__).resolve().parent
+GRAFANA_DIR = HERE / "grafana"
+ALERTS_PATH = HERE / "alerts.yml"
+
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+M = 'model=~"$model"'
+RI = "$__rate_interval"
+TAGS = ["undertow"]
+#: Bytewax's internal plumbing steps (keying, sharding, unkeying) hidden from the step panel.
+PLUMBING = 'step_id!~".*[.](shard|unkey|key_events|key_labels)[.].*"'
+
+
+# -- panels ---------------------------------------------------------------------------------------
+def q(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False) -> prometheus.Dataquery:
+    t = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
+    if legend:
+        t = t.legend_format(legend)
+    return t.instant() if instant else t.range()
+
+
+def _refs() -> Iterator[str]:
+    for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        yield c
+
+
+def ts(title: str, desc: str, targets: list[tuple[str, str]], *, unit: str = "short",
+       w: int = 12, h: int = 8, bars: bool = False, lo: float | None = None,
+       hi: float | None = None, steps: list[tuple[float | None, str]] | None = None
+       ) -> timeseries.Panel:
+    p = (timeseries.Panel().title(title).description(desc).datasource(DS).unit(unit).span(w)
+         .height(h).legend(common.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                           .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+         .tooltip(common.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                  .sort(cm.SortOrder.DESCENDING)))
+    for ref, (expr, legend) in zip(_refs(), targets, strict=False):
+        p = p.with_target(q(expr, legend, ref))
+    if bars:
+        p = p.draw_style(cm.GraphDrawStyle.BARS).fill_opacity(80)
+    else:
+        p = p.fill_opacity(10).show_points(cm.VisibilityMode.NEVER)
+    if lo is not None:
+        p = p.min(lo)
+    if hi is not None:
+        p = p.max(hi)
+    if steps:
+        p = p.thresholds(_thresholds(steps)).thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED))
+    return p
+
+
+def big(title: str, desc: str, expr: str, legend: str = "", *, unit: str = "short", w: int = 6,
+        h: int = 4, steps: list[tuple[float | None, str]] | None = None) -> stat.Panel:
+    p = (stat.Panel().title(title).description(desc).datasource(DS).unit(unit).span(w).height(h)
+         .with_target(q(expr, legend, instant=True))
+         .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+         .graph_mode(cm.BigValueGraphMode.NONE))
+    if steps:
+        p = p.thresholds(_thresholds(steps)).color_mode(cm.BigValueColorMode.VALUE)
+    return p
+
+
+def bars(title: str, desc: str, expr: str, legend: str, *, unit: str = "short", w: int = 12,
+         h: int = 8, steps: list[tuple[float | None, str]] | None = None) -> bargauge.Panel:
+    p = (bargauge.Panel().title(title).description(desc).datasource(DS).unit(unit).span(w)
+         .height(h).with_target(q(expr, legend, instant=True))
+         .orientation(cm.VizOrientation.HORIZONTAL).display_mode(cm.BarGaugeDisplayMode.BASIC)
+         .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
+    if steps:
+        p = p.thresholds(_thresholds(steps))
+    return p
+
+
+def _thresholds(steps: list[tuple[float | None, str]]) -> db.ThresholdsConfig:
+    return db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
+        [dm.Threshold(value=v, color=c) for v, c in steps])
+
+
+def row(title: str) -> db.Row:
+    return db.Row(title)
+
+
+def quantiles(metric: str, qs: tuple[float, ...], by: str = "model", sel: str = M
+              ) -> list[tuple[str, str]]:
+    return [
+        (f"histogram_quantile({x}, sum by (le, {by}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
+         f"p{round(x * 100)} {{{{{by}}}}}")
+        for x in qs
+    ]
+
+
+# -- dashboards -----------------------------------------------------------------------------------
+def _base(uid: str, title: str, desc: str, *variables: db.QueryVariable) -> db.Dashboard:
+    d = (db.Dashboard(title).uid(uid).description(desc).tags(TAGS).refresh("5s")
+         .time("now-30m", "now").timezone("browser").tooltip(dm.DashboardCursorSync.CROSSHAIR)
+         .readonly()
+         .with_variable(db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+         .with_variable(
+             db.QueryVariable("model").label("Model").datasource(DS)
+             .query("label_values(undertow_predictions_total, model)")
+             .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC)
+             .multi(True).include_all(True).all_value(".*")
+             .current(dm.VariableOption(selected=True, text="All", value="$__all"))))
+    for v in variables:
+        d = d.with_variable(v)
+    d = d.link(db.DashboardLink("undertow").type(dm.DashboardLinkType.DASHBOARDS).tags(TAGS)
+               .as_dropdown(True).include_vars(True).keep_time(True))
+    return d
+
+
+def overview() -> db.Dashboard:
+    d = _base("undertow-overview", "undertow / overview",
+              "Throughput, latency, Kafka lag and errors of the fraud dataflow, over every "
+              "scraped process.")
+    d = (d.with_row(row("Now"))
+         .with_panel(big("Events decoded /s", "Valid events per second, all processes.",
+                         f"sum(rate(undertow_events_total[{RI}]))", unit="eps"))
+         .with_panel(big("p99 processing latency", "Read → prediction written, all models.",
+                         f"histogram_quantile(0.99, sum by (le) (rate("
+                         f"undertow_processing_latency_seconds_bucket{{{M}}}[{RI}])))", unit="s",
+                         steps=[(None, "green"), (0.5, "orange"), (1.0, "red")]))
+         .with_panel(big("Kafka consumer lag", "Records behind the end of the input topics.",
+                         "sum(bytewax_kafka_consumer_lag)", unit="short"))
+         .with_panel(big("Processes reporting", "Dataflow processes whose metrics are scraped.",
+                         "count(undertow_events_total)", unit="short")))
+    d = (d.with_row(row("Throughput"))
+         .with_panel(ts("Records read, by stream", "Kafka records read (valid or not) per second.",
+                        [(f"sum by (stream) (rate(undertow_records_read_total[{RI}]))",
+                          "{{stream}}")], unit="recps"))
+         .with_panel(ts("Decoded, served and learned",
+                        "Valid events and labels decoded, predictions served, labels learned.",
+                        [(f"sum(rate(undertow_events_total[{RI}]))", "events decoded"),
+                         (f"sum(rate(undertow_labels_total[{RI}]))", "labels decoded"),
+                         (f"sum by (model) (rate(undertow_predictions_total{{{M}}}[{RI}]))",
+                          "predictions {{model}}"),
+                         (f"sum by (model) (rate(undertow_labels_learned_total{{{M}}}[{RI}]))",
+                          "labels learned {{model}}")], unit="eps"))
+         .with_panel(ts("Items out per dataflow step (Bytewax)",
+                        "Bytewax's own per-step counter, summed over workers and processes; "
+                        "keying and sharding steps hidden.",
+                        [(f"sum by (step_id) (rate(bytewax_item_out_count_total{{{PLUMBING}}}"
+                          f"[{RI}]))", "{{step_id}}")], unit="recps", w=24)))
+    d = (d.with_row(row("Latency and lag"))
+         .with_panel(ts("Processing latency", "Wall time from reading an event to writing its "
+                        "prediction (histogram quantiles over all processes).",
+                        quantiles("undertow_processing_latency_seconds", (0.5, 0.99)), unit="s",
+                        steps=[(None, "green"), (1.0, "red")]))
+         .with_panel(ts("Event-time lag", "Wall time at prediction minus the event's own "
+                        "timestamp.", quantiles("undertow_event_lag_seconds", (0.5, 0.99)),
+                        unit="s"))
+         .with_panel(ts("Kafka consumer lag, by topic", "Records between the consumed offset and "
+                        "the end of each input topic, summed over partitions.",
+                        [("sum by (topic) (bytewax_kafka_consumer_lag)", "{{topic}}")]))
+         .with_panel(ts("Bytewax step duration p99", "Time Bytewax spends in stateful steps' "
+                        "on_batch per call.",
+                        [(f"histogram_quantile(0.99, sum by (le, step_id) (rate("
+                          f"bytewax_stateful_batch_on_batch_duration_seconds_bucket[{RI}])))",
+                          "{{step_id}}")], unit="s")))
+    d = (d.with_row(row("Errors"))
+         .with_panel(ts("Dead letters, by reason", "Records sent to the dead-letter topic per "
+                        "second.", [(f"sum by (reason) (rate(undertow_dead_letters_total[{RI}]))",
+                                     "{{reason}}")], unit="recps", bars=True))
+         .with_panel(bars("Dead letters in range, by reason", "Dead letters over the dashboard's "
+                          "time range.", "sort_desc(sum by (reason) (increase("
+                          "undertow_dead_letters_total[$__range])))", "{{reason}}"))
+         .with_panel(ts("Dead-letter ratio", "Dead letters over records read (the "
+                        "UndertowDeadLetterSpike alert fires above 5 %).",
+                        [(f"sum(rate(undertow_dead_letters_total[{RI}])) / "
+                          f"sum(rate(undertow_records_read_total[{RI}]))", "dead / read")],
+                        unit="percentunit", lo=0, steps=[(None, "green"), (0.05, "red")]))
+         .with_panel(ts("Late events, by step", "Events older than the allowed lateness when they "
+                        "reached a window step.",
+                        [(f"sum by (step) (rate(undertow_late_events_total[{RI}]))", "{{step}}")],
+                        unit="eps")))
+    return d
+
+
+def model() -> db.Dashboard:
+    d = _base("undertow-model", "undertow / model",
+              "Quality of the served predictions, concept drift, label join and model state, "
+              "per model.")
+    d = (d.with_row(row("Served quality (rolling window of served predictions)"))
+         .with_panel(ts("Accuracy", "Rolling accuracy of served predictions.",
+                        [(f"max by (model) (undertow_model_accuracy_ratio{{{M}}})", "{{model}}")],
+                        unit="percentunit", w=8, lo=0, hi=1))
+         .with_panel(ts("Log-loss", "Rolling log-loss of served scores.",
+                        [(f"max by (model) (undertow_model_log_loss{{{M}}})", "{{model}}")],
+                        w=8, lo=0))
+         .with_panel(ts("ROC AUC", "Rolling ROC AUC of served scores.",
+                        [(f"max by (model) (undertow_model_roc_auc_ratio{{{M}}})", "{{model}}")],
+                        unit="percentunit", w=8, lo=0, hi=1)))
+    d = (d.with_row(row("Concept drift"))
+         .with_panel(ts("Drift detections", "ADWIN and Page-Hinkley detections on the served "
+                        "absolute error and on the served scores. ADWIN 'up' on the error means "
+                        "the model got worse (UndertowConceptDrift); 'down' happens while it "
+                        "learns.",
+                        [(f"sum by (model, detector, stream, direction) (increase("
+                          f"undertow_concept_drift_detections_total{{{M}}}[{RI}]))",
+                          "{{model}} {{detector}} {{stream}} {{direction}}")], bars=True))
+         .with_panel(ts("ADWIN estimates", "ADWIN's mean of the served absolute error and of the "
+                        "served scores.",
+                        [(f"max by (model, stream) (undertow_concept_drift_estimate{{{M}}})",
+                          "{{model}} mean {{stream}}")], lo=0))
+         .with_panel(bars("Detections in range", "Detections over the dashboard's time range.",
+                          "sum by (detector, stream, direction) (increase("
+                          f"undertow_concept_drift_detections_total{{{M}}}[$__range]))",
+                          "{{detector}} {{stream}} {{direction}}", w=24, h=6)))
+    d = (d.with_row(row("Labels"))
+         .with_panel(ts("Label delay", "Label time minus event time, for learned labels.",
+                        quantiles("undertow_label_delay_seconds", (0.5, 0.9, 0.99)), unit="s"))
+         .with_panel(ts("Label coverage", "Labels learned over predictions served.",
+                        [(f"sum by (model) (rate(undertow_labels_learned_total{{{M}}}[{RI}])) / "
+                          f"sum by (model) (rate(undertow_predictions_total{{{M}}}[{RI}]))",
+                          "{{model}}")], unit="percentunit", lo=0,
+                        steps=[(None, "red"), (0.5, "green")]))
+         .with_panel(ts("Pending predictions and held labels",
+                        "Predictions waiting for their label; labels waiting for their event "
+                        "(early) or for the model clock to reach their time.",
+                        [(f"sum by (model) (undertow_pending_predictions{{{M}}})",
+                          "pending predictions {{model}}"),
+                         (f"sum by (model) (undertow_early_labels_waiting{{{M}}})",
+                          "early labels {{model}}"),
+                         (f"sum by (model) (undertow_labels_waiting_for_time{{{M}}})",
+                          "labels waiting for time {{model}}")]))
+         .with_panel(ts("Expiries, early labels and duplicates",
+                        "Predictions whose label never came (ttl/capacity), labels that came "
+                        "before their event, early labels that expired, duplicate events.",
+                        [(f"sum by (model, reason) (rate(undertow_pending_expired_total{{{M}}}"
+                          f"[{RI}]))", "expired {{reason}} {{model}}"),
+                         (f"sum by (model) (rate(undertow_early_labels_total{{{M}}}[{RI}]))",
+                          "early labels {{model}}"),
+                         (f"sum by (model) (rate(undertow_early_labels_expired_total{{{M}}}"
+                          f"[{RI}]))", "early labels expired {{model}}"),
+                         (f"sum by (model) (rate(undertow_duplicate_events_total{{{M}}}[{RI}]))",
+                          "duplicate events {{model}}")], unit="eps")))
+    d = (d.with_row(row("Model"))
+         .with_panel(big("Model version", "Version of the served model (learn_one calls).",
+                         f"max by (model) (undertow_model_version{{{M}}})", "{{model}}"))
+         .with_panel(big("Time since last learn", "Wall time since the model last learned.",
+                         f"time() - max by (model) ("
+                         f"undertow_model_last_learn_timestamp_seconds{{{M}}})", "{{model}}",
+                         unit="s", steps=[(None, "green"), (300, "orange"), (3600, "red")]))
+         .with_panel(big("Model clock", "Event time the model step has reached.",
+                         f"max by (model) (undertow_model_clock_seconds{{{M}}}) * 1000",
+                         "{{model}}", unit="dateTimeAsIso", w=12))
+         .with_panel(big("Label coverage in range", "Labels learned over predictions served, "
+                         "over the dashboard's time range.",
+                         f"sum(increase(undertow_labels_learned_total{{{M}}}[$__range])) / "
+                         f"sum(increase(undertow_predictions_total{{{M}}}[$__range]))",
+                         unit="percentunit", w=24)))
+    return d
+
+
+def features() -> db.Dashboard:
+    feature = (db.QueryVariable("feature").label("Feature").datasource(DS)
+               .query('label_values(undertow_feature_drift_psi{model=~"$model"}, feature)')
+               .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+               .sort(dm.VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True)
+               .all_value(".*").current(dm.VariableOption(selected=True, text="All",
+                                                          value="$__all")))
+    d = _base("undertow-features", "undertow / features",
+              "Data drift of the served features (recent window against the reference) and the "
+              "size of the window state.", feature)
+    fm = f'{M},feature=~"$feature"'
+    psi_steps: list[tuple[float | None, str]] = [(None, "green"), (0.1, "orange"), (0.25, "red")]
+    ks_steps: list[tuple[float | None, str]] = [(None, "green"), (0.1, "orange"), (0.2, "red")]
+    d = (d.with_row(row("Data drift"))
+         .with_panel(ts("PSI per feature", "Population stability index, recent served vectors "
+                        "against the reference window (0.1: moderate, 0.25: large shift).",
+                        [(f"max by (model, feature) (undertow_feature_drift_psi{{{fm}}})",
+                          "{{feature}}")], lo=0, steps=psi_steps))
+         .with_panel(ts("KS statistic per feature", "Two-sample Kolmogorov-Smirnov statistic, "
+                        "recent against reference.",
+                        [(f"max by (model, feature) (undertow_feature_drift_ks{{{fm}}})",
+                          "{{feature}}")], lo=0, hi=1, steps=ks_steps))
+         .with_panel(bars("PSI now", "Latest PSI per feature, largest first.",
+                          f"sort_desc(max by (feature) (undertow_feature_drift_psi{{{fm}}}))",
+                          "{{feature}}", steps=psi_steps))
+         .with_panel(bars("KS now", "Latest KS statistic per feature, largest first.",
+                          f"sort_desc(max by (feature) (undertow_feature_drift_ks{{{fm}}}))",
+                          "{{feature}}", steps=ks_steps))
+         .with_panel(big("Reference refreshes in range", "Times the reference window was "
+                         "replaced by the recent one (UNDERTOW_DRIFT_REFRESH_EVERY).",
+                         f"sum by (model) (increase("
+                         f"undertow_feature_drift_reference_refreshes_total{{{M}}}[$__range]))",
+                         "{{model}}", w=24)))
+    d = (d.with_row(row("Window state"))
+         .with_panel(ts("Live entities, by step", "Entities with window state, summed over "
+                        "shards, workers and processes.",
+                        [("sum by (step) (undertow_feature_entities)", "{{step}}")], w=8))
+         .with_panel(ts("Records kept, by step", "Records held in window state.",
+                        [("sum by (step) (undertow_feature_records)", "{{step}}")], w=8))
+         .with_panel(ts("Entities evicted, by step", "Idle entities dropped from window state "
+                        "per second.",
+                        [(f"sum by (step) (rate(undertow_feature_entities_evicted_total[{RI}]))",
+                          "{{step}}")], unit="ops", w=8)))
+    return d
+
+
+DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
+    "undertow-overview.json": overview,
+    "undertow-model.json": model,
+    "undertow-features.json": features,
+}
+
+
+def _number_panels(panels: list[dict[str, Any]]) -> None:
+    for i, p in enumerate(panels, start=1):
+        p["id"] = i
+
+
+def dashboard_json(make: Callable[[], db.Dashboard]) -> str:
+    data = json.loads(json.dumps(make().build(), cls=JSONEncoder))
+    _number_panels(data["panels"])
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(panel title, expr)`` of every query target in a dashboard's JSON."""
+    out = []
+    for p in dashboard.get("panels", []):
+        for t in p.get("targets", []) or []:
+            out.append((p["title"], t["expr"]))
+        for inner in p.get("panels", []) or []:  # collapsed rows
+            for t in inner.get("targets", []) or []:
+                out.append((inner["title"], t["expr"]))
+    return out
+
+
+# -- alerting rules -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    #: A query returning data whenever the dataflow is scraped (what the condition looks at).
+    signal: str
+    #: The alert condition; ``{signal}`` stands for the signal.
+    condition: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+
+    @property
+    def expr(self) -> str:
+        return self.condition.format(signal=self.signal)
+
+
+DRIFT_UP = 'undertow_concept_drift_detections_total{detector="adwin",stream="error",direction="up"}'
+
+ALERTS: list[Alert] = [
+    Alert(
+        "UndertowConceptDrift",
+        f"sum by (job, model) (increase({DRIFT_UP}[10m]))",
+        "{signal} > 0",
+        "0s",
+        "warning",
+        "Concept drift: the served error of model {{ $labels.model }} went up",
+        "ADWIN detected an increase of the served absolute error in the last 10 minutes: the "
+        "model got worse on recent labels (a 'down' detection, as while it learns, does not "
+        "alert). Check the model dashboard: rolling accuracy/AUC and feature PSI.",
+    ),
+    Alert(
+        "UndertowLatencySLO",
+        "histogram_quantile(0.99, sum by (job, model, le) "
+        "(rate(undertow_processing_latency_seconds_bucket[5m])))",
+        "{signal} > 1",
+        "3m",
+        "warning",
+        "p99 processing latency of {{ $labels.model }} above 1 s",
+        "p99 of read-to-prediction latency over 5 minutes is {{ $value | humanizeDuration }} "
+        "(SLO: 1 s), for 3 minutes.",
+    ),
+    Alert(
+        "UndertowLabelJoinRateDropped",
+        "sum by (job, model) (rate(undertow_labels_learned_total[10m])) / "
+        "sum by (job, model) (rate(undertow_predictions_total[10m]))",
+        "{signal} < 0.5",
+        "5m",
+        "warning",
+        "Labels learned by {{ $labels.model }} fell below half of its predictions",
+        "Over 10 minutes, labels learned per prediction served is {{ $value | humanizePercentage }}"
+        " (0 % if labels stopped while predictions flow). Check the labels topic and the label "
+        "delay; expiries and dead letters of the model step show where labels go.",
+    ),
+    Alert(
+        "UndertowDeadLetterSpike",
+        "sum by (job) (rate(undertow_dead_letters_total[5m])) / "
+        "sum by (job) (rate(undertow_records_read_total[5m]))",
+        "{signal} > 0.05",
+        "2m",
+        "warning",
+        "More than 5 % of records go to the dead-letter topic",
+        "{{ $value | humanizePercentage }} of the records read in the last 5 minutes were "
+        "dead-lettered; the overview dashboard breaks them down by reason.",
+    ),
+    Alert(
+        "UndertowNoEvents",
+        'sum by (job) (increase(undertow_records_read_total{stream="events"}[5m]))',
+        "{signal} == 0 and on (job) max by (job) (up) == 1",
+        "1m",
+        "critical",
+        "No event read for 5 minutes while the dataflow is up",
+        "No process of job {{ $labels.job }} read a record from the events topic in 5 minutes, "
+        "though at least one of them is up and scraped. Check the producers and the topic.",
+    ),
+]
+
+
+def _yaml_str(s: str) -> str:
+    """A YAML double-quoted scalar (JSON's escapes are a subset of YAML's)."""
+    return json.dumps(s, ensure_ascii=False)
+
+
+def alerts_yaml() -> str:
+    lines = [
+        "# Generated by `python -m dashboards.build` from dashboards/build.py: edit that, not this.",
+        "# Prometheus alerting rules for undertow; dashboards/prometheus.yml loads them.",
+        "groups:",
+        "  - name: undertow",
+        "    rules:",
+    ]
+    for a in ALERTS:
+        lines += [
+            f"      - alert: {a.name}",
+            "        expr: |-",
+            f"          {a.expr}",
+            f"        for: {a.for_}",
+            "        labels:",
+            f"          severity: {a.severity}",
+            "        annotations:",
+            f"          summary: {_yaml_str(a.summary)}",
+            f"          description: {_yaml_str(a.description)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- output ---------------------------------------------------------------------------------------
+def render() -> dict[Path, str]:
+    """Every generated file: path -> content."""
+    out = {GRAFANA_DIR / name: dashboard_json(make) for name, make in DASHBOARDS.items()}
+    out[ALERTS_PATH] = alerts_yaml()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dashboards.build", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if a file differs from the generated one")
+    args = ap.parse_args(argv)
+    stale = []
+    for path, text in render().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    for path in stale:
+        verb = "differs" if args.check else "wrote"
+        print(f"{verb}: {path.relative_to(HERE.parent)}", file=sys.stderr)
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
