@@ -352,3 +352,17 @@ def test_the_scraped_counters_add_up(observed):
     assert value("sum(undertow_labels_total)") == written["labels"]
     targets = prom.targets_health()
     assert [t["health"] for t in targets] == ["up"], targets
+
+
+def test_dashboards_cover_every_undertow_metric_family():
+    """Every metric the dataflow exports is on some dashboard panel."""
+    from prometheus_client import REGISTRY
+
+    import connectors.metrics  # noqa: F401  (declares every family)
+
+    families = {m.name for m in REGISTRY.collect() if m.name.startswith("undertow_")}
+    text = " ".join(e for _, _, e in dashboard_queries())
+    missing = sorted(f for f in families if not re.search(rf"\b{re.escape(f)}(_total|_bucket|\b)",
+                                                          text))
+    assert not missing, missing
+    assert len(families) >= 30
