@@ -41,6 +41,19 @@ def consume_all(bootstrap: str, topic: str, partitions: int) -> list:
     return msgs
 
 
+def dataflow_env(kafka: EmbeddedKafka, names: dict, out: dict, **extra: str) -> dict[str, str]:
+    """The environment of a `python -m bytewax.run dataflows.fraud:flow` on these topics."""
+    return {
+        **os.environ,
+        "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "UNDERTOW_EVENTS_TOPIC": names["events"],
+        "UNDERTOW_LABELS_TOPIC": names["labels"],
+        "UNDERTOW_PREDICTIONS_TOPIC": out["predictions"],
+        "UNDERTOW_DEADLETTER_TOPIC": out["deadletter"],
+        **extra,
+    }
+
+
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -138,17 +151,10 @@ def test_bytewax_run_serves_metrics_on_the_api_port(kafka: EmbeddedKafka, loaded
     """`python -m bytewax.run dataflows.fraud:flow`, live, as a user runs it."""
     _, names, _, _ = loaded
     port = free_port()
-    env = {
-        **os.environ,
-        "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "UNDERTOW_EVENTS_TOPIC": names["events"],
-        "UNDERTOW_LABELS_TOPIC": names["labels"],
-        "UNDERTOW_PREDICTIONS_TOPIC": f"{names['predictions']}-cli",
-        "UNDERTOW_DEADLETTER_TOPIC": f"{names['deadletter']}-cli",
-        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
-        "BYTEWAX_DATAFLOW_API_PORT": str(port),
-    }
-    kafka.create_topics([env["UNDERTOW_PREDICTIONS_TOPIC"], env["UNDERTOW_DEADLETTER_TOPIC"]])
+    out = {k: f"{names[k]}-cli" for k in ("predictions", "deadletter")}
+    kafka.create_topics(list(out.values()))
+    env = dataflow_env(kafka, names, out, BYTEWAX_DATAFLOW_API_ENABLED="true",
+                       BYTEWAX_DATAFLOW_API_PORT=str(port))
     proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -195,15 +201,7 @@ def test_two_workers_score_every_event_once(kafka: EmbeddedKafka, loaded):
     w, names, bad, _ = loaded
     out = {k: f"{names[k]}-w2" for k in ("predictions", "deadletter")}
     kafka.create_topics(list(out.values()))
-    env = {
-        **os.environ,
-        "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "UNDERTOW_EVENTS_TOPIC": names["events"],
-        "UNDERTOW_LABELS_TOPIC": names["labels"],
-        "UNDERTOW_PREDICTIONS_TOPIC": out["predictions"],
-        "UNDERTOW_DEADLETTER_TOPIC": out["deadletter"],
-        "UNDERTOW_TAIL": "false",
-    }
+    env = dataflow_env(kafka, names, out, UNDERTOW_TAIL="false")
     r = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow", "-w", "2"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -225,16 +223,8 @@ def test_two_processes_share_the_work_and_each_serves_its_metrics(kafka: Embedde
     ports = [free_port(), free_port()]
     procs = []
     for i in range(2):
-        env = {
-            **os.environ,
-            "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "UNDERTOW_EVENTS_TOPIC": names["events"],
-            "UNDERTOW_LABELS_TOPIC": names["labels"],
-            "UNDERTOW_PREDICTIONS_TOPIC": out["predictions"],
-            "UNDERTOW_DEADLETTER_TOPIC": out["deadletter"],
-            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
-            "BYTEWAX_DATAFLOW_API_PORT": str(ports[i]),
-        }
+        env = dataflow_env(kafka, names, out, BYTEWAX_DATAFLOW_API_ENABLED="true",
+                           BYTEWAX_DATAFLOW_API_PORT=str(ports[i]))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow", "-i", str(i), "-a",
              addresses], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
