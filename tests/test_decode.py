@@ -15,8 +15,12 @@ def test_unforeseen_error_dead_letters_only_that_record():
         return m.value
 
     decode = _decoder("dec", "events", bytes, metrics.EVENTS, decode_one)
-    out = decode([KafkaRecord(None, b"a", "t", 0, 0), KafkaRecord(b"k", b"boom", "t", 0, 1),
-                  KafkaRecord(None, b"b", "t", 1, 2), KafkaRecord(None, None, "t", 1, 3, "broker down")])
+    out = decode([
+        KafkaRecord(None, b"a", "t", 0, 0),
+        KafkaRecord(b"k", b"boom", "t", 0, 1),
+        KafkaRecord(None, b"b", "t", 1, 2),
+        KafkaRecord(None, None, "t", 1, 3, "broker down"),
+    ])
     assert out[0] == b"a" and out[2] == b"b"
     assert out[1] == DeadLetter("invalid_record", "ZeroDivisionError: surprise", b"boom", b"k",
                                 "t", 0, 1, "dec")

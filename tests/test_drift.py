@@ -23,7 +23,7 @@ def psi_oracle(ref: list[float], cur: list[float], bins: int) -> float:
             counts[bisect_right(edges, v)] += 1
         return [c / len(vals) for c in counts]
     total = 0.0
-    for p, q in zip(shares(cur), shares(ref)):
+    for p, q in zip(shares(cur), shares(ref), strict=False):
         p, q = max(p, 1e-4), max(q, 1e-4)
         total += (p - q) * math.log(p / q)
     return total

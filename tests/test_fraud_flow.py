@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from connectors.kafka import KafkaRecord
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY
 
+from connectors.kafka import KafkaRecord
 from connectors.settings import load_settings
 from dataflows.fraud import build_flow
 from undertow.models import make_model
@@ -55,7 +55,7 @@ def test_every_event_scored_once_and_every_bad_record_dead_lettered(workload):
     # mix the malformed payloads in at fixed places
     mixed = list(events)
     positions = [100 * i + 7 for i in range(len(bad))]
-    for pos, (raw, _) in zip(positions, bad):
+    for pos, (raw, _) in zip(positions, bad, strict=False):
         mixed.insert(pos, raw)
     labels = [orjson.dumps(lb) for lb in workload.labels] + [b"not json", b'{"event_id": 1}']
     learned_before = sample("undertow_labels_learned_total", model="fraud")

@@ -6,7 +6,7 @@ import pickle
 import random
 
 import pytest
-from river import datasets, evaluate, linear_model, metrics, preprocessing, stream, tree
+from river import datasets, evaluate, linear_model, metrics, preprocessing, stream
 from river.datasets import synth
 
 from undertow.learning import OnlineLearner
@@ -285,7 +285,7 @@ def test_reproduces_progressive_val_score(stream_name, delay_name):
     # The dataflow's worst case: every label is delivered right after its own event, long before
     # its time. The learner must hold it until the clock reaches it.
     records = []
-    for i, ((x, y), d) in enumerate(zip(rows, delays)):
+    for i, ((x, y), d) in enumerate(zip(rows, delays, strict=False)):
         records.append(ev(i, x["t"], features[i]))
         records.append(lb(i, x["t"] + d, y))
     lr = learner(_model())

@@ -24,9 +24,9 @@ the longest window, not by the number of entities ever seen.
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort_right
+from bisect import bisect_right
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
 _COMPACT_AT = 32
 

@@ -19,8 +19,9 @@ largest event time it has scored) and enforces the invariants of DESIGN.md:
   partition has sent a label, so a slow-starting partition cannot be overtaken either;
   a label whose event has not been seen (an *early* label) waits ``early_label_ttl_ms`` after its
   own time, judged on the *event* watermark (the slowest event partition), so an events
-  partition that lags behind the others does not lose its labels; ids of finished events are remembered for ``label_ttl_ms`` to catch duplicates; the
-  number of pending predictions is capped (oldest expire first).
+  partition that lags behind the others does not lose its labels; ids of finished events are
+  remembered for ``label_ttl_ms`` to catch duplicates; the number of pending predictions is
+  capped (oldest expire first).
 
 Label outcomes that do not teach the model are returned as :class:`~undertow.schema.DeadLetter`
 values (reasons ``unknown_event``, ``expired_event``, ``duplicate_label``, ``conflicting_label``),
@@ -120,7 +121,9 @@ class LearnerCounts:
     labels: int = 0
     learned: int = 0
     duplicate_events: int = 0
-    pending_expired: dict[str, int] = field(default_factory=lambda: {EXPIRY_TTL: 0, EXPIRY_CAPACITY: 0})
+    pending_expired: dict[str, int] = field(
+        default_factory=lambda: {EXPIRY_TTL: 0, EXPIRY_CAPACITY: 0}
+    )
     early_labels: int = 0
     early_expired: int = 0
     label_dead_letters: dict[str, int] = field(default_factory=dict)
