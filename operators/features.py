@@ -19,7 +19,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors import metrics
 from undertow.features import RollingFeatures
-from undertow.schema import FeaturedEvent
+from undertow.schema import Event, FeaturedEvent  # noqa: F401  (Event: the doctest uses it)
 
 
 def _event_order(fe: FeaturedEvent) -> tuple[int, str]:
