@@ -30,7 +30,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from connectors import metrics
-from connectors.settings import Settings
+from connectors.settings import ConfigError, Settings
 from undertow.schema import DeadLetter, Prediction
 
 X = TypeVar("X")
@@ -128,7 +128,9 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
         starting_offset: int = OFFSET_BEGINNING,
         add_config: dict[str, str] | None = None,
         batch_size: int = 1000,
+        setting: str | None = None,
     ) -> None:
+        self._setting = setting
         self._brokers = brokers
         self._topics = topics
         self._tail = tail
@@ -148,7 +150,11 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
             t = md.topics.get(topic)
             if t is None or t.error is not None:
                 why = "it does not exist" if t is None else t.error.str()
-                raise RuntimeError(f"cannot read Kafka topic {topic!r}: {why}")
+                where = f"{self._setting}: " if self._setting else ""
+                raise ConfigError(
+                    f"{where}cannot read Kafka topic {topic!r} from {config['bootstrap.servers']}:"
+                    f" {why}"
+                )
             parts.extend(f"{i}-{topic}" for i in sorted(t.partitions))
         return parts
 
@@ -175,6 +181,11 @@ def kafka_source(settings: Settings, topic: str) -> KafkaRecordSource:
         starting_offset=OFFSET_BEGINNING if settings.start_from == "earliest" else OFFSET_END,
         add_config={**_CONSUMER_DEFAULTS, **settings.librdkafka()},
         batch_size=settings.source_batch_size,
+        setting=next(
+            (f"UNDERTOW_{name.upper()}" for name in ("events_topic", "labels_topic")
+             if getattr(settings, name) == topic),
+            None,
+        ),
     )
 
 

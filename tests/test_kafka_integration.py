@@ -258,3 +258,14 @@ def test_two_processes_share_the_work_and_each_serves_its_metrics(kafka: Embedde
             os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(20)
+
+
+def test_a_missing_topic_stops_the_dataflow_naming_the_setting(kafka: EmbeddedKafka, loaded):
+    _, names, _, _ = loaded
+    env = dataflow_env(kafka, {**names, "events": "no-such-topic"},
+                       {"predictions": names["predictions"], "deadletter": names["deadletter"]})
+    r = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert (f"ConfigError: UNDERTOW_EVENTS_TOPIC: cannot read Kafka topic 'no-such-topic' from "
+            f"{kafka.bootstrap_servers}: it does not exist") in r.stderr
