@@ -66,7 +66,7 @@ class Settings(BaseModel):
     #: recomputed, and after how many events the reference is replaced (0 = never).
     drift_reference_size: int = Field(2000, gt=0)
     drift_recent_size: int = Field(2000, gt=0)
-    drift_every: int = Field(1000, gt=0)
+    drift_every: int = Field(5000, gt=0)
     drift_refresh_every: int = Field(0, ge=0)
 
     #: Entity state is split into this many shards, spread over the workers by Bytewax.
