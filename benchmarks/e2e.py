@@ -32,6 +32,11 @@ interpolation between closest ranks over every recorded value).
 ``--profile`` additionally runs the Kafka-free dataflow once more under ``cProfile`` (not timed,
 profiling slows it down) and prints the top functions by cumulative and by own time, as a share
 of the profiled ``run_main``; with a path it also saves the raw stats for ``snakeviz``/``pstats``.
+cProfile's per-call cost inflates code made of many small calls (validators, ``copy.deepcopy``);
+for a low-overhead sampling profile of the whole run (Kafka client work and the Rust engine
+included) use py-spy, which is not a project dependency::
+
+    py-spy record -r 250 -f raw -o e2e.raw -- .venv/bin/python benchmarks/e2e.py --events 100000
 
 Machines are shared and noisy: quote ratios, not absolute rates.
 """
