@@ -142,8 +142,6 @@ def test_label_watermark_is_the_slowest_label_partition():
 
 
 def test_label_after_ttl_for_a_still_pending_event_expires_it():
-    lr = learner(ttl=1000)
-    run(lr, [ev(1, 0), ev(2, 5000)], end=False)  # e1 expired by the clock already
     lr2 = learner(ttl=1000)
     out = run(lr2, [ev(1, 0), lb(1, 1500), ev(2, 1500)], end=False)  # label itself is past TTL
     assert [type(o).__name__ for o in out] == ["Prediction", "DeadLetter", "Prediction"]
