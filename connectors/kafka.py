@@ -54,6 +54,7 @@ class KafkaRecord(NamedTuple):
     partition: int
     offset: int
     error: str | None = None
+    seq: int = -1  # position in a replay's merged, time-ordered input; -1 when live
 
 
 class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):

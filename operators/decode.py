@@ -40,7 +40,8 @@ class DecodeOut(Generic[T]):
 
 def _kafka_error(step_id: str, r: KafkaRecord) -> DeadLetter:
     return DeadLetter(
-        KAFKA_ERROR, r.error or "", r.value, r.key, r.topic, r.partition, r.offset, step_id
+        KAFKA_ERROR, r.error or "", r.value, r.key, r.topic, r.partition, r.offset, step_id,
+        r.seq,
     )
 
 
@@ -59,7 +60,7 @@ def _decoder(
             return decode_one(m, now)
         except Exception as ex:  # no input may crash the dataflow: unforeseen -> dead letter
             return DeadLetter(INVALID_RECORD, f"{type(ex).__name__}: {ex}"[:500], m.value, m.key,
-                              m.topic, m.partition, m.offset, step_id)
+                              m.topic, m.partition, m.offset, step_id, m.seq)
 
     def decode_batch(batch: list[KafkaRecord]) -> list[Any]:
         now = time.time()
@@ -105,7 +106,7 @@ def decode_events(
     def decode_one(m: KafkaRecord, now: float) -> Event | DeadLetter:
         return decode_event(
             m.value, schema, read_at=now, key=m.key, topic=m.topic, partition=m.partition,
-            offset=m.offset, step=step_id,
+            offset=m.offset, step=step_id, seq=m.seq,
         )
 
     decode_batch = _decoder(step_id, "events", Event, metrics.EVENTS, decode_one)
@@ -128,7 +129,7 @@ def decode_labels(
     def decode_one(m: KafkaRecord, now: float) -> Label | DeadLetter:
         return decode_label(
             m.value, key_field=key_field, value_field=value_field, read_at=now, key=m.key,
-            topic=m.topic, partition=m.partition, offset=m.offset, step=step_id,
+            topic=m.topic, partition=m.partition, offset=m.offset, step=step_id, seq=m.seq,
         )
 
     decode_batch = _decoder(step_id, "labels", Label, metrics.LABELS, decode_one)

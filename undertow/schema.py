@@ -75,7 +75,10 @@ class Event(NamedTuple):
 
     ``fields`` is the decoded JSON object itself (validated, never copied); ``read_at`` is the
     wall-clock time (epoch seconds) at which the dataflow read the record, for latency metrics;
-    ``partition`` is the Kafka partition it came from (event-time watermarks are per partition).
+    ``partition`` is the Kafka partition it came from (event-time watermarks are per partition);
+    ``seq`` is its position in a replay's merged, time-ordered input (-1 when live), which the model
+    step uses to process a replay in exactly that order whatever the batching (see
+    :mod:`connectors.replay`).
     """
 
     event_id: str
@@ -84,6 +87,7 @@ class Event(NamedTuple):
     fields: dict[str, Any]
     read_at: float = 0.0
     partition: int | None = None
+    seq: int = -1
 
 
 class Label(NamedTuple):
@@ -102,6 +106,7 @@ class Label(NamedTuple):
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    seq: int = -1
 
 
 class FeaturedEvent(NamedTuple):
@@ -153,6 +158,7 @@ class DeadLetter(NamedTuple):
     partition: int | None = None
     offset: int | None = None
     step: str = ""
+    seq: int = -1  # position in a replay's merged input (-1 live): a gap the model step skips
 
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers that carry the error next to the untouched raw bytes."""
@@ -267,7 +273,7 @@ def _number(obj: dict[str, Any], name: str) -> float:
 
 
 def _validate_event(
-    obj: dict[str, Any], schema: EventSchema, read_at: float, partition: int | None
+    obj: dict[str, Any], schema: EventSchema, read_at: float, partition: int | None, seq: int
 ) -> Event:
     event_id = _string(obj, schema.id_field)
     key = _string(obj, schema.key_field)
@@ -285,7 +291,7 @@ def _validate_event(
         if v not in allowed:
             reason = UNKNOWN_CHANNEL if name == "channel" else WRONG_TYPE
             raise _Invalid(reason, f"field {name!r} has unknown value {v!r}")
-    return Event(event_id, key, ts, obj, read_at, partition)
+    return Event(event_id, key, ts, obj, read_at, partition, seq)
 
 
 def decode_event(
@@ -298,12 +304,13 @@ def decode_event(
     partition: int | None = None,
     offset: int | None = None,
     step: str = "",
+    seq: int = -1,
 ) -> Event | DeadLetter:
     """Decode and validate one event; a bad record becomes a :class:`DeadLetter` value."""
     try:
-        return _validate_event(_loads(raw), schema, read_at, partition)
+        return _validate_event(_loads(raw), schema, read_at, partition, seq)
     except _Invalid as ex:
-        return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step)
+        return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step, seq)
 
 
 def decode_label(
@@ -317,6 +324,7 @@ def decode_label(
     partition: int | None = None,
     offset: int | None = None,
     step: str = "",
+    seq: int = -1,
 ) -> Label | DeadLetter:
     """Decode and validate one label (``event_id``, key, boolean ``value_field``, ``ts``).
 
@@ -335,6 +343,6 @@ def decode_label(
             raise _Invalid(
                 WRONG_TYPE, f"field {value_field!r} must be a boolean, got {type(value).__name__}"
             )
-        return Label(event_id, label_key, ts, value, read_at, raw, topic, partition, offset)
+        return Label(event_id, label_key, ts, value, read_at, raw, topic, partition, offset, seq)
     except _Invalid as ex:
-        return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step)
+        return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step, seq)
