@@ -183,7 +183,8 @@ def kafka_source(settings: Settings, topic: str) -> KafkaRecordSource:
         add_config={**_CONSUMER_DEFAULTS, **settings.librdkafka()},
         batch_size=settings.source_batch_size,
         setting=next(
-            (f"UNDERTOW_{name.upper()}" for name in ("events_topic", "labels_topic")
+            (f"UNDERTOW_{name.upper()}"
+             for name in ("events_topic", "labels_topic", "control_topic")
              if getattr(settings, name) == topic),
             None,
         ),
@@ -298,6 +299,11 @@ def prediction_sink(settings: Settings) -> ProducerSink[Prediction]:
     return ProducerSink(
         settings, settings.predictions_topic, encode_prediction, observe_processing_latency
     )
+
+
+def shadow_sink(settings: Settings) -> ProducerSink[Prediction]:
+    """The challengers' shadow predictions, to ``UNDERTOW_SHADOW_TOPIC``."""
+    return ProducerSink(settings, settings.shadow_topic, encode_prediction)
 
 
 def dead_letter_sink(settings: Settings) -> ProducerSink[DeadLetter]:

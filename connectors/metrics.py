@@ -249,3 +249,24 @@ def declare_reasons(step: str) -> None:
     """Create every dead-letter series of a step at zero, so rate() works from the start."""
     for reason in DEAD_LETTER_REASONS:
         DEAD_LETTERS.labels(step=step, reason=reason)
+
+
+PROMOTIONS = Counter(
+    "undertow_model_promotions",
+    "Champion changes in a model step (by the promotion rule or a command); the model label "
+    "names the step, undertow_model_champion names the champion.",
+    ["model"],
+)
+CHAMPION = Gauge(
+    "undertow_model_champion", "1 for the model whose predictions are served, else 0.", ["model"]
+)
+CONTROL_COMMANDS = Counter(
+    "undertow_control_commands", "Control-topic commands applied, by result.",
+    ["command", "result"],
+)
+REORDER_BUFFER = Gauge(
+    "undertow_replay_reorder_buffer",
+    "Records a replay's model step holds until the records before them arrive.",
+    ["model"],
+)
+CONTROLS_READ = Counter("undertow_control_records", "Valid control-topic commands decoded.")

@@ -19,7 +19,15 @@ import json
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 PREFIX = "UNDERTOW_"
 KAFKA_OPT_PREFIX = f"{PREFIX}KAFKA_OPT_"
@@ -50,9 +58,10 @@ class Settings(BaseModel):
     start_from: Literal["earliest", "latest"] = "earliest"
     source_batch_size: int = Field(1000, gt=0)
 
-    #: The served model: "logreg" (StandardScaler | LogisticRegression) or "hat"
-    #: (HoeffdingAdaptiveTreeClassifier).
-    model: Literal["logreg", "hat"] = "logreg"
+    #: The served model (the champion): "logreg" (StandardScaler | LogisticRegression), "hat"
+    #: (HoeffdingAdaptiveTreeClassifier), "arf" (adaptive random forest) or "nb" (Gaussian naive
+    #: Bayes); see undertow/models.py.
+    model: Literal["logreg", "hat", "arf", "nb"] = "logreg"
     model_name: str = "fraud"
     model_seed: int = 42
     threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -68,6 +77,22 @@ class Settings(BaseModel):
     drift_recent_size: int = Field(2000, gt=0)
     drift_every: int = Field(5000, gt=0)
     drift_refresh_every: int = Field(0, ge=0)
+    #: Challengers scored in shadow on the same events, learning from the same labels:
+    #: "name=kind,name=kind" with the kinds of UNDERTOW_MODEL; empty for none.
+    challengers: str = ""
+    #: Optional promotion rule: a challenger beating the champion by the margin on this rolling
+    #: metric ("roc_auc", "accuracy" or "log_loss") becomes the champion; empty = off.
+    promotion_metric: Literal["", "roc_auc", "accuracy", "log_loss"] = ""
+    promotion_margin: float = Field(0.01, ge=0)
+    promotion_min_labels: int = Field(1000, ge=0)
+    promotion_every: int = Field(500, gt=0)
+    #: The label TTL's clock: "event" time (default), or "wall" time since the event was served,
+    #: for live streams whose labels may never come.
+    label_ttl_clock: Literal["event", "wall"] = "event"
+    #: Commands for the model step (swap/rollback/promote/remove); empty = none.
+    control_topic: str = ""
+    #: Where the challengers' shadow predictions are written; empty = not written.
+    shadow_topic: str = ""
 
     #: Entity state is split into this many shards, spread over the workers by Bytewax.
     feature_shards: int = Field(32, gt=0)
@@ -82,6 +107,18 @@ class Settings(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("challengers")
+    @classmethod
+    def _challengers(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("model_name") in parse_challengers(v):
+            raise ValueError("a challenger has the champion's name (UNDERTOW_MODEL_NAME)")
+        return v
+
+    @property
+    def challenger_models(self) -> dict[str, str]:
+        """The challengers as name -> model kind."""
+        return parse_challengers(self.challengers)
+
     @property
     def brokers(self) -> list[str]:
         return [b.strip() for b in self.kafka_bootstrap_servers.split(",") if b.strip()]
@@ -89,6 +126,34 @@ class Settings(BaseModel):
     def librdkafka(self) -> dict[str, str]:
         """The pass-through librdkafka options, secrets revealed (for the client only)."""
         return {k: v.get_secret_value() for k, v in self.kafka_options.items()}
+
+
+def parse_challengers(spec: str) -> dict[str, str]:
+    """Parse "name=kind,name=kind" into a dict, checking kinds and unique names.
+
+    >>> parse_challengers("tree=hat, forest=arf")
+    {'tree': 'hat', 'forest': 'arf'}
+    >>> parse_challengers("tree")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'tree' is not name=kind
+    """
+    from undertow.models import MODELS
+
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, kind = (x.strip() for x in part.partition("="))
+        if not sep or not name:
+            raise ValueError(f"{part!r} is not name=kind")
+        if kind not in MODELS:
+            raise ValueError(f"unknown model kind {kind!r} for {name!r}; one of {MODELS}")
+        if name in out:
+            raise ValueError(f"challenger {name!r} is named twice")
+        out[name] = kind
+    return out
 
 
 def _kafka_opts_from_env(environ: dict[str, str]) -> dict[str, str]:

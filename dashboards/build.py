@@ -282,6 +282,22 @@ def model() -> db.Dashboard:
                          f"sum(increase(undertow_labels_learned_total{{{M}}}[$__range])) / "
                          f"sum(increase(undertow_predictions_total{{{M}}}[$__range]))",
                          unit="percentunit", w=24)))
+    d = (d.with_row(row("Champion and challengers"))
+         .with_panel(bars("Champion", "1 for the model whose predictions are served; the "
+                          "challengers (0) are scored in shadow on the same events.",
+                          f"max by (model) (undertow_model_champion{{{M}}})", "{{model}}", w=8))
+         .with_panel(big("Promotions in range", "Champion changes, by the promotion rule or a "
+                         "control command.",
+                         f"sum(increase(undertow_model_promotions_total{{{M}}}[$__range]))", w=8))
+         .with_panel(big("Replay reorder buffer", "Records an ordered (replay) model step holds "
+                         "until the records before them arrive; 0 live.",
+                         f"sum(undertow_replay_reorder_buffer{{{M}}})", w=8))
+         .with_panel(ts("Control commands", "Commands read from the control topic, and what "
+                        "became of them.",
+                        [("sum by (command, result) (rate(undertow_control_commands_total"
+                          f"[{RI}]))", "{{command}} {{result}}"),
+                         (f"sum(rate(undertow_control_records_total[{RI}]))", "decoded")],
+                        unit="ops", w=24)))
     return d
 
 

@@ -7,25 +7,38 @@ and builds the graph, and does no network or file I/O.
     events ─► decode ─► base features ─► merchant window ─► card window ──┐
                 └─ errs ─► dead letters                                   ▼
     labels ─► decode ────────────────────────────────────────► serve and learn ─► predictions
-                └─ errs ─► dead letters ◄──── unusable labels ───────┘
+                └─ errs ─► dead letters ◄──── unusable labels ───────┘  │ └──► shadow predictions
+    control ─► decode ────────────────────────────────────────────────────┘
+
+The model step serves the champion (``UNDERTOW_MODEL``) and scores the challengers
+(``UNDERTOW_CHALLENGERS``) in shadow. Given a ``replay`` source (:mod:`connectors.replay`), the same
+graph reads one merged, time-ordered input and the model step runs in ordered mode: this is how
+backtests run the live code (:mod:`dataflows.backtest`).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.kafka import dead_letter_sink, kafka_source, partition_count, prediction_sink
+from connectors.kafka import (
+    dead_letter_sink,
+    kafka_source,
+    partition_count,
+    prediction_sink,
+    shadow_sink,
+)
 from connectors.settings import ConfigError, Settings, load_settings
-from operators.decode import decode_events, decode_labels
+from operators.decode import decode_controls, decode_events, decode_labels
 from operators.features import rolling_features
 from operators.learning import serve_and_learn
 from undertow import fraud
 from undertow.drift import FeatureDrift
-from undertow.learning import OnlineLearner
+from undertow.learning import OnlineLearner, PromotionRule
 from undertow.models import make_model
 
 
@@ -34,10 +47,27 @@ def make_learner(
     *,
     label_partitions: int | None = None,
     event_partitions: int | None = None,
+    replay: bool = False,
 ) -> OnlineLearner:
+    """The model step's state from settings. In a ``replay``, stamps come from event time and
+    every learned label is also emitted as an :class:`~undertow.schema.Outcome`."""
+    s = settings
+    promotion = None
+    if s.promotion_metric:
+        promotion = PromotionRule(
+            s.promotion_metric, s.promotion_margin, s.promotion_min_labels, s.promotion_every
+        )
     return OnlineLearner(
         settings.model_name,
         make_model(settings.model, seed=settings.model_seed),
+        challengers={
+            name: make_model(kind, seed=s.model_seed)
+            for name, kind in s.challenger_models.items()
+        },
+        promotion=promotion,
+        ttl_clock=s.label_ttl_clock,
+        wall_clock=None if replay else time.time,
+        emit_outcomes=replay,
         label_ttl_ms=int(settings.label_ttl_s * 1000),
         early_label_ttl_ms=int(settings.early_label_ttl_s * 1000),
         max_pending=settings.max_pending,
@@ -59,17 +89,38 @@ def build_flow(
     *,
     sources: dict[str, Any] | None = None,
     sinks: dict[str, Any] | None = None,
+    replay: Any = None,
 ) -> Dataflow:
-    """The fraud dataflow. ``sources`` (``events``, ``labels``) and ``sinks`` (``predictions``,
-    ``deadletter``) replace the Kafka connectors, e.g. with Bytewax's testing ones."""
+    """The fraud dataflow. ``sources`` (``events``, ``labels``, ``control``) and ``sinks``
+    (``predictions``, ``deadletter``, ``shadow``, ``outcomes``, ``summaries``) replace the Kafka
+    connectors, e.g. with Bytewax's testing ones; ``outcomes`` and ``summaries`` are only written
+    when given. ``replay`` (a :class:`connectors.replay.ReplaySource`) replaces both inputs with
+    one merged, time-ordered input and puts the model step in ordered mode."""
     s = settings if settings is not None else load_settings()
     sources = sources or {}
     sinks = sinks or {}
     lateness = int(s.allowed_lateness_s * 1000)
 
     flow = Dataflow("undertow_fraud")
-    raw_events = op.input("events", flow, sources.get("events") or kafka_source(s, s.events_topic))
-    raw_labels = op.input("labels", flow, sources.get("labels") or kafka_source(s, s.labels_topic))
+    if replay is not None:
+        merged_in = op.input("replay", flow, replay)
+        split_in = op.branch("split_replay", merged_in, lambda r: r.topic in replay.event_topics)
+        raw_events, raw_labels = split_in.trues, split_in.falses
+    else:
+        raw_events = op.input(
+            "events", flow, sources.get("events") or kafka_source(s, s.events_topic)
+        )
+        raw_labels = op.input(
+            "labels", flow, sources.get("labels") or kafka_source(s, s.labels_topic)
+        )
+    controls = None
+    control_errs = None
+    if "control" in sources or (s.control_topic and replay is None):
+        raw_control = op.input(
+            "control", flow, sources.get("control") or kafka_source(s, s.control_topic)
+        )
+        decoded_control = decode_controls("decode_control", raw_control)
+        controls, control_errs = decoded_control.oks, decoded_control.errs
     events = decode_events("decode_events", raw_events, schema=fraud.SCHEMA)
     labels = decode_labels("decode_labels", raw_labels)
 
@@ -84,6 +135,8 @@ def build_flow(
         finish=fraud.derive_features,
     )
     def learner_at_run_time() -> OnlineLearner:
+        if replay is not None:  # one merged input: its order is the watermark
+            return make_learner(s, replay=True)
         # Watermarks wait for every partition of their stream; ask the broker how many there
         # are (at run time, on the worker: importing this module does no I/O).
         return make_learner(
@@ -92,12 +145,26 @@ def build_flow(
             event_partitions=None if "events" in sources else partition_count(s, s.events_topic),
         )
 
+    gaps = None
+    if replay is not None:
+        gaps = op.merge("gaps", events.errs, labels.errs)
     served = serve_and_learn(
-        "model", featured, labels.oks, model_name=s.model_name, make_learner=learner_at_run_time
+        "model", featured, labels.oks, model_name=s.model_name, make_learner=learner_at_run_time,
+        controls=controls, gaps=gaps, ordered=replay is not None,
     )
 
     op.output("predictions_out", served.predictions, sinks.get("predictions") or prediction_sink(s))
-    dead = op.merge("dead_letters", events.errs, labels.errs, served.errs)
+    if "shadow" in sinks:
+        op.output("shadow_out", served.shadow, sinks["shadow"])
+    elif s.shadow_topic:
+        op.output("shadow_out", served.shadow, shadow_sink(s))
+    for name in ("outcomes", "summaries"):
+        if name in sinks:
+            op.output(f"{name}_out", getattr(served, name), sinks[name])
+    dead_streams = [events.errs, labels.errs, served.errs]
+    if control_errs is not None:
+        dead_streams.append(control_errs)
+    dead = op.merge("dead_letters", *dead_streams)
     op.output("deadletter_out", dead, sinks.get("deadletter") or dead_letter_sink(s))
     return flow
 

@@ -19,10 +19,12 @@ from connectors.kafka import KafkaRecord
 from undertow.schema import (
     INVALID_RECORD,
     KAFKA_ERROR,
+    Control,
     DeadLetter,
     Event,
     EventSchema,
     Label,
+    decode_control,
     decode_event,
     decode_label,
 )
@@ -135,4 +137,20 @@ def decode_labels(
     decode_batch = _decoder(step_id, "labels", Label, metrics.LABELS, decode_one)
     decoded = op.flat_map_batch("decode", up, decode_batch)
     split = op.branch("split", decoded, lambda x: type(x) is Label)
+    return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]
+
+
+@operator
+def decode_controls(step_id: str, up: Stream[KafkaRecord]) -> DecodeOut[Control]:
+    """Decode control-topic commands for the model step (:func:`undertow.schema.decode_control`)."""
+    metrics.declare_reasons(step_id)
+
+    def decode_one(m: KafkaRecord, now: float) -> Control | DeadLetter:
+        return decode_control(
+            m.value, topic=m.topic, partition=m.partition, offset=m.offset, step=step_id
+        )
+
+    decode_batch = _decoder(step_id, "control", Control, metrics.CONTROLS_READ, decode_one)
+    decoded = op.flat_map_batch("decode", up, decode_batch)
+    split = op.branch("split", decoded, lambda x: type(x) is Control)
     return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]

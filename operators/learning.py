@@ -1,15 +1,26 @@
 """The model step: one stateful step that receives events and labels, serves and learns.
 
 Bytewax dataflows are acyclic, so "predict now, learn later" cannot send a label back to an
-earlier step. Both streams are keyed by the model's name and merged into one ``stateful_batch``
-whose state is an :class:`undertow.learning.OnlineLearner` (model, pending predictions, held
-labels, quality metrics): all of it is snapshotted by Bytewax recovery together.
+earlier step. Both streams are keyed by the model step's name and merged into one
+``stateful_batch`` whose state is an :class:`undertow.learning.OnlineLearner` (the champion and
+its challengers, pending predictions, held labels, quality metrics): all of it is snapshotted by
+Bytewax recovery together. Commands from a control stream (swap in a checkpoint, roll back,
+promote, remove) are applied when they arrive, before the batch they came with.
+
+In *ordered* mode (replays) every record carries ``seq``, its position in the replay's merged
+input, and the step processes records strictly in ``seq`` order through a reorder buffer; the
+records that never reach it (decode dead letters, late events) are fed in as *gaps* so the order
+never waits for them. What the models see is then fixed by the data alone, not by how Bytewax
+happened to batch or interleave the two branches on this machine.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -18,28 +29,55 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors import metrics
 from undertow.learning import EXPIRY_CAPACITY, EXPIRY_TTL, LearnerCounts, OnlineLearner
-from undertow.schema import DeadLetter, FeaturedEvent, Label, Prediction
+from undertow.schema import (
+    BAD_CONTROL,
+    CONTROL_COMMANDS,
+    Control,
+    DeadLetter,
+    FeaturedEvent,
+    Label,
+    ModelSummary,
+    Outcome,
+    Prediction,
+)
 
 __all__ = ["LearnOut", "OnlineLearner", "serve_and_learn"]
+
+log = logging.getLogger("undertow.model")
 
 
 @dataclass(frozen=True)
 class LearnOut:
-    """Served predictions, and the labels (or events) that could not be used."""
+    """The champion's predictions, the challengers' shadow predictions, the records that could
+    not be used, and (for backtests) outcomes of learned labels and end-of-input summaries."""
 
     predictions: Stream[Prediction]
+    shadow: Stream[Prediction]
     errs: Stream[DeadLetter]
+    outcomes: Stream[Outcome]
+    summaries: Stream[ModelSummary]
+
+
+@dataclass
+class ModelStepState:
+    """What Bytewax snapshots: the learner, and in ordered mode the reorder buffer."""
+
+    learner: OnlineLearner
+    next_seq: int = 0
+    buffer: list[tuple[int, int, Any]] = field(default_factory=list)  # (seq, tiebreak, record)
+    tiebreak: int = 0
 
 
 class _MetricsPump:
-    """Moves a learner's counts and observations into Prometheus after each batch."""
+    """Moves a learner's counts and observations into Prometheus after each batch.
 
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.seen = LearnerCounts()
-        m = model
-        self.predictions = metrics.PREDICTIONS.labels(model=m)
-        self.learned = metrics.LABELS_LEARNED.labels(model=m)
+    Join counts (expiries, early labels, duplicates) are the step's, labelled with the step's
+    model name; predictions, learned labels, quality, drift and version are per model slot.
+    """
+
+    def __init__(self, learner: OnlineLearner) -> None:
+        self.name = m = learner.name
+        self.seen = _copy_counts(learner.counts)
         self.expired = {
             why: metrics.PENDING_EXPIRED.labels(model=m, reason=why)
             for why in (EXPIRY_TTL, EXPIRY_CAPACITY)
@@ -47,19 +85,25 @@ class _MetricsPump:
         self.early = metrics.EARLY_LABELS.labels(model=m)
         self.early_expired = metrics.EARLY_LABELS_EXPIRED.labels(model=m)
         self.duplicates = metrics.DUPLICATE_EVENTS.labels(model=m)
-        self.seen_detections: dict[tuple[str, str, str], int] = {}
-        self.seen_refreshes = 0
+        # Per slot: (predictions, labels learned) already exported, and drift detections.
+        self.seen_slots: dict[str, tuple[int, int]] = {}
+        self.seen_detections: dict[tuple[str, str, str, str], int] = {}
+        self.seen_promotions = len(learner.promotions)
+        # A resumed learner's counts were exported by the process that snapshotted it.
+        for slot in learner.slots.values():
+            self.seen_slots[slot.name] = (slot.predictions, slot.labels_learned)
+            for stream, cd in (("error", slot.error_drift), ("score", slot.score_drift)):
+                for (det, direction), n in cd.detections.items():
+                    self.seen_detections[(slot.name, stream, det, direction)] = n
+        self.seen_refreshes = learner.feature_drift.refreshes
 
     def pump(self, learner: OnlineLearner, step_id: str) -> None:
         c, s = learner.counts, self.seen
-        self.predictions.inc(c.events - c.duplicate_events - (s.events - s.duplicate_events))
-        self.learned.inc(c.learned - s.learned)
         for why, counter in self.expired.items():
             counter.inc(c.pending_expired[why] - s.pending_expired[why])
         self.early.inc(c.early_labels - s.early_labels)
         self.early_expired.inc(c.early_expired - s.early_expired)
         self.duplicates.inc(c.duplicate_events - s.duplicate_events)
-        self._pump_drift(learner)
         for reason, n in c.label_dead_letters.items():
             d = n - s.label_dead_letters.get(reason, 0)
             if d:
@@ -69,7 +113,7 @@ class _MetricsPump:
                 c.duplicate_events - s.duplicate_events
             )
         self.seen = _copy_counts(c)
-        m = self.model
+        m = self.name
         metrics.LABEL_DELAY.observe_many(learner.label_delays_s, m)
         learner.label_delays_s.clear()
         metrics.EVENT_LAG.observe_many(learner.event_lags_s, m)
@@ -77,32 +121,49 @@ class _MetricsPump:
         metrics.PENDING.labels(model=m).set(len(learner.pending))
         metrics.EARLY_WAITING.labels(model=m).set(len(learner.early))
         metrics.LABELS_WAITING.labels(model=m).set(learner.waiting_labels)
-        q = learner.quality()
-        metrics.ACCURACY.labels(model=m).set(q["accuracy"])
-        metrics.LOG_LOSS.labels(model=m).set(q["log_loss"])
-        metrics.ROC_AUC.labels(model=m).set(q["roc_auc"])
-        metrics.MODEL_VERSION.labels(model=m).set(learner.version)
-        if learner.last_learn_at is not None:
-            metrics.LAST_LEARN.labels(model=m).set(learner.last_learn_at)
         if learner.clock is not None:
             metrics.MODEL_CLOCK.labels(model=m).set(learner.clock / 1000.0)
+        for slot in learner.slots.values():
+            self._pump_slot(learner, slot)
+        self._pump_features(learner)
+        if len(learner.promotions) != self.seen_promotions:
+            for pr in list(learner.promotions)[self.seen_promotions:]:
+                metrics.PROMOTIONS.labels(model=m).inc()
+                log.warning("model step %r: promoted %r over %r at event time %d (%s)",
+                            m, pr.new, pr.old, pr.ts, pr.reason)
+            self.seen_promotions = len(learner.promotions)
+        for name in learner.slots:
+            metrics.CHAMPION.labels(model=name).set(1.0 if name == learner.champion else 0.0)
 
-
-    def _pump_drift(self, learner: OnlineLearner) -> None:
-        m = self.model
-        for stream, cd in (("error", learner.error_drift), ("score", learner.score_drift)):
-            for (detector, direction), n in cd.detections.items():
-                key = (stream, detector, direction)
-                d = n - self.seen_detections.get(key, 0)
+    def _pump_slot(self, learner: OnlineLearner, slot: Any) -> None:
+        n = slot.name
+        preds, learned = self.seen_slots.get(n, (0, 0))
+        metrics.PREDICTIONS.labels(model=n).inc(slot.predictions - preds)
+        metrics.LABELS_LEARNED.labels(model=n).inc(slot.labels_learned - learned)
+        self.seen_slots[n] = (slot.predictions, slot.labels_learned)
+        q = slot.quality
+        metrics.ACCURACY.labels(model=n).set(q.accuracy)
+        metrics.LOG_LOSS.labels(model=n).set(q.log_loss)
+        metrics.ROC_AUC.labels(model=n).set(q.roc_auc)
+        metrics.MODEL_VERSION.labels(model=n).set(slot.version)
+        if slot.last_learn_at is not None:
+            metrics.LAST_LEARN.labels(model=n).set(slot.last_learn_at)
+        for stream, cd in (("error", slot.error_drift), ("score", slot.score_drift)):
+            for (detector, direction), count in cd.detections.items():
+                key = (n, stream, detector, direction)
+                d = count - self.seen_detections.get(key, 0)
                 counter = metrics.CONCEPT_DRIFT_DETECTIONS.labels(
-                    model=m, detector=detector, stream=stream, direction=direction
+                    model=n, detector=detector, stream=stream, direction=direction
                 )
                 if d:
                     counter.inc(d)
-                self.seen_detections[key] = n
-            metrics.CONCEPT_DRIFT_ESTIMATE.labels(model=m, detector="adwin", stream=stream).set(
+                self.seen_detections[key] = count
+            metrics.CONCEPT_DRIFT_ESTIMATE.labels(model=n, detector="adwin", stream=stream).set(
                 cd.estimate
             )
+
+    def _pump_features(self, learner: OnlineLearner) -> None:
+        m = self.name
         fd = learner.feature_drift
         for feature, (psi, ks) in fd.scores.items():
             metrics.FEATURE_PSI.labels(model=m, feature=feature).set(psi)
@@ -113,50 +174,151 @@ class _MetricsPump:
             self.seen_refreshes = fd.refreshes
 
 
-class _LearnerLogic(StatefulBatchLogic[Any, Any, OnlineLearner]):
-    def __init__(self, step_id: str, learner: OnlineLearner) -> None:
+#: Loads a checkpoint path into (model, version or None) for the ``swap`` command.
+ModelLoader = Callable[[str], tuple[Any, int | None]]
+
+_WALL_TICK_S = 1.0
+
+
+class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
+    def __init__(
+        self,
+        step_id: str,
+        state: ModelStepState,
+        *,
+        ordered: bool,
+        load_model: ModelLoader | None,
+        after_batch: Callable[[OnlineLearner], None] | None,
+    ) -> None:
         self.step_id = step_id
-        self.learner = learner
-        self.pump = _MetricsPump(learner.name)
-        # A resumed learner's counts were exported by the process that snapshotted it.
-        self.pump.seen = _copy_counts(learner.counts)
-        self.pump.seen_detections = {
-            (stream, det, direction): n
-            for stream, cd in (("error", learner.error_drift), ("score", learner.score_drift))
-            for (det, direction), n in cd.detections.items()
-        }
-        self.pump.seen_refreshes = learner.feature_drift.refreshes
+        self.state = state
+        self.ordered = ordered
+        self.load_model = load_model
+        self.after_batch = after_batch
+        self.pump = _MetricsPump(state.learner)
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
-        learner = self.learner
-        on_event = learner.on_event
-        on_label = learner.on_label
-        # Serve each batch in record-time order: a label before an event at the same time (the
-        # tie rule of river's simulate_qa), events by id. Upstream grouping by key reorders.
-        values.sort(key=_record_order)
-        for v in values:
-            if type(v) is FeaturedEvent:
-                on_event(v, out)
-            else:
-                on_label(v, out)
-        self.pump.pump(learner, self.step_id)
+        learner = self.state.learner
+        if self.ordered:
+            self._ordered(values, out)
+        else:
+            # Serve each batch in record-time order: a label before an event at the same time
+            # (the tie rule of river's simulate_qa). Upstream grouping by key reorders.
+            values.sort(key=_record_order)
+            on_event = learner.on_event
+            on_label = learner.on_label
+            for v in values:
+                t = type(v)
+                if t is FeaturedEvent:
+                    on_event(v, out)
+                elif t is Label:
+                    on_label(v, out)
+                elif t is Control:
+                    self._control(v, out)
+        self._finish_batch(out)
         return out, StatefulBatchLogic.RETAIN
+
+    def _ordered(self, values: list[Any], out: list[Any]) -> None:
+        st = self.state
+        buf = st.buffer
+        for v in values:
+            t = type(v)
+            if t is Control:
+                self._control(v, out)
+                continue
+            seq = v.event.seq if t is FeaturedEvent else v.seq
+            st.tiebreak += 1
+            heapq.heappush(buf, (seq, st.tiebreak, v))
+        learner = st.learner
+        while buf and buf[0][0] <= st.next_seq:
+            seq, _, v = heapq.heappop(buf)
+            if seq == st.next_seq:
+                st.next_seq += 1
+            self._dispatch(learner, v, out)
+
+    @staticmethod
+    def _dispatch(learner: OnlineLearner, v: Any, out: list[Any]) -> None:
+        t = type(v)
+        if t is FeaturedEvent:
+            learner.on_event(v, out)
+        elif t is Label:
+            learner.on_label(v, out)
+        # a DeadLetter is a gap: its seq is used up, nothing reaches the models
+
+    def _control(self, c: Control, out: list[Any]) -> None:
+        learner = self.state.learner
+        try:
+            if c.command == "swap":
+                if self.load_model is None:
+                    raise ValueError("no model directory is configured (UNDERTOW_MODEL_DIR)")
+                model, version = self.load_model(c.checkpoint or "")
+                result = learner.swap(c.model, model, version)
+            elif c.command == "rollback":
+                result = learner.rollback(c.model)
+            elif c.command == "promote":
+                result = learner.promote(c.model)
+            else:
+                result = learner.remove(c.model)
+        except Exception as ex:  # a bad command is answered, never fatal
+            metrics.CONTROL_COMMANDS.labels(command=c.command, result="error").inc()
+            metrics.DEAD_LETTERS.labels(step=self.step_id, reason=BAD_CONTROL).inc()
+            out.append(DeadLetter(BAD_CONTROL, f"{type(ex).__name__}: {ex}"[:500], c.raw, None,
+                                  c.topic, c.partition, c.offset, self.step_id))
+            log.error("model step %r: control %s %r failed: %s", self.step_id, c.command,
+                      c.model, ex)
+            return
+        metrics.CONTROL_COMMANDS.labels(command=c.command, result="ok").inc()
+        log.warning("model step %r: %s", self.step_id, result)
+
+    def _finish_batch(self, out: list[Any]) -> None:
+        learner = self.state.learner
+        if learner.wall_ttl:
+            learner.on_wall_clock(out)
+        self.pump.pump(learner, self.step_id)
+        if self.ordered:
+            metrics.REORDER_BUFFER.labels(model=learner.name).set(len(self.state.buffer))
+        if self.after_batch is not None:
+            self.after_batch(learner)
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        self._finish_batch(out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> Any:
+        # Only a wall-clock TTL needs waking up when no records come.
+        if not self.state.learner.wall_ttl:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=_WALL_TICK_S)
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
-        self.learner.on_end(out)
-        self.pump.pump(self.learner, self.step_id)
+        st = self.state
+        learner = st.learner
+        if st.buffer:
+            # Every seq should have arrived by now; whatever is left is served in seq order.
+            log.error("model step %r: %d records left in the reorder buffer at the end "
+                      "(missing seq %d)", self.step_id, len(st.buffer), st.next_seq)
+            while st.buffer:
+                _, _, v = heapq.heappop(st.buffer)
+                self._dispatch(learner, v, out)
+        learner.on_end(out)
+        out.extend(learner.summaries())
+        self._finish_batch(out)
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> OnlineLearner:
-        return self.learner
+    def snapshot(self) -> ModelStepState:
+        return self.state
 
 
-def _record_order(v: FeaturedEvent | Label) -> tuple[int, int, str]:
-    if type(v) is FeaturedEvent:
+def _record_order(v: Any) -> tuple[int, int, str]:
+    t = type(v)
+    if t is FeaturedEvent:
         return (v.event.ts, 1, v.event.event_id)
-    return (v.ts, 0, v.event_id)  # type: ignore[union-attr]
+    if t is Label:
+        return (v.ts, 0, v.event_id)
+    return (-1, -1, "")  # commands first: they apply to the batch they came with
 
 
 def _copy_counts(c: LearnerCounts) -> LearnerCounts:
@@ -174,8 +336,18 @@ def serve_and_learn(
     *,
     model_name: str,
     make_learner: Callable[[], OnlineLearner],
+    controls: Stream[Control] | None = None,
+    gaps: Stream[DeadLetter] | None = None,
+    ordered: bool = False,
+    load_model: ModelLoader | None = None,
+    after_batch: Callable[[OnlineLearner], None] | None = None,
 ) -> LearnOut:
-    """Score every event with the learner's model and learn from each label when it is due.
+    """Score every event with the learner's models and learn from each label when it is due.
+
+    ``controls`` are commands for the models; in ``ordered`` mode (replays) records are
+    processed in ``seq`` order and ``gaps`` are the dead letters of records that will never
+    arrive. ``load_model`` reads a checkpoint for ``swap``; ``after_batch`` runs after every
+    batch (checkpointing).
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSource, TestingSink, run_main
@@ -196,19 +368,45 @@ def serve_and_learn(
     """
     name = model_name
     metrics.declare_reasons(step_id)
-    ke = op.key_on("key_events", events, lambda _: name)
-    kl = op.key_on("key_labels", labels, lambda _: name)
-    merged = op.merge("merge", ke, kl)
+    # Series exist at zero from the start, so dashboards show 0 and rate() sees the first count.
+    metrics.PROMOTIONS.labels(model=name)
+    metrics.REORDER_BUFFER.labels(model=name).set(0)
+    for command in CONTROL_COMMANDS:
+        for result in ("ok", "error"):
+            metrics.CONTROL_COMMANDS.labels(command=command, result=result)
+    keyed = [
+        op.key_on("key_events", events, lambda _: name),
+        op.key_on("key_labels", labels, lambda _: name),
+    ]
+    if controls is not None:
+        keyed.append(op.key_on("key_controls", controls, lambda _: name))
+    if gaps is not None:
+        if not ordered:
+            raise ValueError(f"serve_and_learn {step_id!r}: gaps are only used in ordered mode")
+        with_seq = op.filter("gaps_with_seq", gaps, lambda d: d.seq >= 0)
+        keyed.append(op.key_on("key_gaps", with_seq, lambda _: name))
+    merged = op.merge("merge", *keyed)
 
-    def build(resume: OnlineLearner | None) -> _LearnerLogic:
-        learner = resume if resume is not None else make_learner()
-        if learner.name != name:
+    def build(resume: ModelStepState | None) -> _LearnerLogic:
+        state = resume if resume is not None else ModelStepState(make_learner())
+        if state.learner.name != name:
             raise ValueError(
-                f"serve_and_learn {step_id!r}: learner is named {learner.name!r}, "
+                f"serve_and_learn {step_id!r}: learner is named {state.learner.name!r}, "
                 f"expected {name!r}"
             )
-        return _LearnerLogic(step_id, learner)
+        return _LearnerLogic(
+            step_id, state, ordered=ordered, load_model=load_model, after_batch=after_batch
+        )
 
     out = op.key_rm("unkey", op.stateful_batch("learner", merged, build))
-    split = op.branch("split", out, lambda x: type(x) is Prediction)
-    return LearnOut(split.trues, split.falses)  # type: ignore[arg-type]
+    preds = op.branch("split_predictions", out, lambda x: type(x) is Prediction)
+    served = op.branch("split_served", preds.trues, lambda p: p.served)
+    rest = op.branch("split_errs", preds.falses, lambda x: type(x) is DeadLetter)
+    outs = op.branch("split_outcomes", rest.falses, lambda x: type(x) is Outcome)
+    return LearnOut(
+        served.trues,  # type: ignore[arg-type]
+        served.falses,  # type: ignore[arg-type]
+        rest.trues,  # type: ignore[arg-type]
+        outs.trues,  # type: ignore[arg-type]
+        outs.falses,  # type: ignore[arg-type]
+    )

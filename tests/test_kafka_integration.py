@@ -124,7 +124,8 @@ def test_dataflow_on_kafka_loses_nothing(kafka: EmbeddedKafka, loaded):
     # every valid event has exactly one prediction
     assert sorted(p["event_id"] for p in preds) == sorted(e["event_id"] for e in w.events)
     assert set(preds[0]) == {"event_id", "key", "score", "predicted", "model", "model_version",
-                             "labels_learned", "event_ts", "processed_at"}
+                             "labels_learned", "event_ts", "processed_at", "served"}
+    assert {(p["model"], p["served"]) for p in preds} == {("it", True)}
     # every malformed record is in the dead-letter topic with its raw bytes and reason
     def hdr(m, k):
         return dict(m.headers())[f"undertow.error.{k}"].decode()

@@ -44,6 +44,7 @@ CONFLICTING_LABEL = "conflicting_label"
 EXPIRED_EVENT = "expired_event"
 OUT_OF_RANGE = "out_of_range"
 INVALID_RECORD = "invalid_record"
+BAD_CONTROL = "bad_control"
 
 #: The latest event time accepted: 2100-01-01T00:00:00Z. A record stamped beyond it would drag
 #: every event-time clock forward and expire all state at once.
@@ -67,6 +68,7 @@ DEAD_LETTER_REASONS = (
     EXPIRED_EVENT,
     OUT_OF_RANGE,
     INVALID_RECORD,
+    BAD_CONTROL,
 )
 
 
@@ -129,6 +131,8 @@ class Prediction(NamedTuple):
     event_ts: int
     processed_at: float
     read_at: float = 0.0
+    #: True for the champion's prediction (the one acted on); False for a challenger's shadow one.
+    served: bool = True
 
     def to_json(self) -> bytes:
         """The wire form: one JSON object (``read_at`` is internal and not written)."""
@@ -143,8 +147,60 @@ class Prediction(NamedTuple):
                 "labels_learned": self.labels_learned,
                 "event_ts": self.event_ts,
                 "processed_at": self.processed_at,
+                "served": self.served,
             }
         )
+
+
+class Outcome(NamedTuple):
+    """One learned label, with what one model served for its event: what quality is made of."""
+
+    model: str
+    version: int
+    event_id: str
+    event_ts: int
+    label_ts: int
+    label: bool
+    score: float
+    predicted: bool
+
+
+class ModelSummary(NamedTuple):
+    """One model's state at the end of a bounded input (a backtest), for reports."""
+
+    model: str
+    version: int
+    champion: bool
+    #: Join counts of the model step: events, labels, learned, duplicate_events,
+    #: pending_expired {reason: n}, early_labels, early_expired, label_dead_letters {reason: n}.
+    counts: dict[str, Any]
+    #: Rolling accuracy, log_loss and roc_auc of this model's served scores at the end.
+    quality: dict[str, float]
+    #: (event time ms, stream "error" | "score", detector, direction) of each drift detection.
+    drift: list[tuple[int, str, str, str]]
+    #: feature -> (PSI, KS) as last computed.
+    feature_drift: dict[str, tuple[float, float]]
+    pending: int
+    labels_learned: int
+
+
+class Control(NamedTuple):
+    """A command for the model step, read from the control topic.
+
+    ``swap`` puts the model of ``checkpoint`` into slot ``model`` (a new slot becomes a
+    challenger); ``rollback`` restores the slot's previous model; ``promote`` makes ``model`` the
+    champion; ``remove`` drops a challenger. ``loaded`` is the model object (and its version)
+    read from the checkpoint by the operator layer, which does the file I/O.
+    """
+
+    command: str
+    model: str
+    checkpoint: str | None = None
+    raw: bytes | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    loaded: Any = None
 
 
 class DeadLetter(NamedTuple):
@@ -346,3 +402,39 @@ def decode_label(
         return Label(event_id, label_key, ts, value, read_at, raw, topic, partition, offset, seq)
     except _Invalid as ex:
         return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step, seq)
+
+
+CONTROL_COMMANDS = ("swap", "rollback", "promote", "remove")
+
+
+def decode_control(
+    raw: bytes | None,
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    step: str = "",
+) -> Control | DeadLetter:
+    """Decode one control-topic command: ``{"command": ..., "model": ..., "checkpoint": ...}``.
+
+    >>> decode_control(b'{"command":"rollback","model":"fraud"}').command
+    'rollback'
+    >>> decode_control(b'{"command":"swap","model":"fraud"}').detail
+    "command 'swap' needs a 'checkpoint' path"
+    """
+    try:
+        obj = _loads(raw)
+        command = _string(obj, "command")
+        if command not in CONTROL_COMMANDS:
+            raise _Invalid(BAD_CONTROL, f"unknown command {command!r}; one of {CONTROL_COMMANDS}")
+        model = _string(obj, "model")
+        checkpoint = obj.get("checkpoint")
+        if command == "swap":
+            if type(checkpoint) is not str or not checkpoint:
+                raise _Invalid(BAD_CONTROL, "command 'swap' needs a 'checkpoint' path")
+        elif checkpoint is not None:
+            raise _Invalid(BAD_CONTROL, f"command {command!r} takes no 'checkpoint'")
+        return Control(command, model, checkpoint, raw, topic, partition, offset)
+    except _Invalid as ex:
+        return DeadLetter(BAD_CONTROL if ex.reason != BAD_JSON else BAD_JSON, ex.detail, raw, None,
+                          topic, partition, offset, step)
