@@ -270,3 +270,10 @@ REORDER_BUFFER = Gauge(
     ["model"],
 )
 CONTROLS_READ = Counter("undertow_control_records", "Valid control-topic commands decoded.")
+CHECKPOINTS_WRITTEN = Counter(
+    "undertow_checkpoints_written", "Model checkpoints written to the model directory.", ["model"]
+)
+CHECKPOINT_LABELS = Gauge(
+    "undertow_checkpoint_labels_learned", "Labels learned by the model in its last checkpoint.",
+    ["model"],
+)

@@ -93,6 +93,14 @@ class Settings(BaseModel):
     control_topic: str = ""
     #: Where the challengers' shadow predictions are written; empty = not written.
     shadow_topic: str = ""
+    #: Versioned model checkpoints go here (empty = none); swap commands load from here.
+    model_dir: str = ""
+    #: Write a checkpoint of every model every N labels learned and/or every T seconds (0 = off).
+    checkpoint_every_labels: int = Field(0, ge=0)
+    checkpoint_every_s: float = Field(0.0, ge=0)
+    checkpoint_keep: int = Field(5, gt=0)
+    #: Start the champion from this checkpoint ("latest" in UNDERTOW_MODEL_DIR, or a path).
+    start_checkpoint: str = ""
 
     #: Entity state is split into this many shards, spread over the workers by Bytewax.
     feature_shards: int = Field(32, gt=0)

@@ -25,6 +25,13 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
+from connectors.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    CheckpointPolicy,
+    ModelStore,
+    load_checkpoint,
+)
 from connectors.kafka import (
     dead_letter_sink,
     kafka_source,
@@ -57,9 +64,14 @@ def make_learner(
         promotion = PromotionRule(
             s.promotion_metric, s.promotion_margin, s.promotion_min_labels, s.promotion_every
         )
-    return OnlineLearner(
+    model, version, learned = make_model(settings.model, seed=settings.model_seed), 1, 0
+    if s.start_checkpoint:
+        model, meta = load_checkpoint(_store(s).resolve(s.start_checkpoint, s.model_name))
+        version, learned = int(meta["version"]), int(meta["labels_learned"])
+    learner = OnlineLearner(
         settings.model_name,
-        make_model(settings.model, seed=settings.model_seed),
+        model,
+        version=version,
         challengers={
             name: make_model(kind, seed=s.model_seed)
             for name, kind in s.challenger_models.items()
@@ -82,6 +94,44 @@ def make_learner(
         label_partitions=label_partitions,
         event_partitions=event_partitions,
     )
+    learner.slots[s.model_name].labels_learned = learned
+    return learner
+
+
+def _store(s: Settings) -> ModelStore:
+    return ModelStore(s.model_dir or ".", keep=s.checkpoint_keep)
+
+
+def check_model_settings(s: Settings) -> None:
+    """Start-up checks of the model settings that need the file system: one clear line."""
+    if (s.checkpoint_every_labels or s.checkpoint_every_s) and not s.model_dir:
+        raise ConfigError("UNDERTOW_MODEL_DIR: must be set to write checkpoints "
+                          "(UNDERTOW_CHECKPOINT_EVERY_LABELS / _EVERY_S)")
+    if s.start_checkpoint:
+        try:
+            load_checkpoint(_store(s).resolve(s.start_checkpoint, s.model_name))
+        except CheckpointError as ex:
+            raise ConfigError(f"UNDERTOW_START_CHECKPOINT: {ex}") from None
+
+
+def model_loader(s: Settings):
+    """Loads a ``swap`` command's checkpoint (a path, or relative to UNDERTOW_MODEL_DIR)."""
+    store = _store(s)
+
+    def load(ref: str) -> tuple[object, int | None]:
+        model, meta = load_checkpoint(store.resolve(ref, ""))
+        return model, int(meta["version"])
+
+    return load
+
+
+def checkpointer(s: Settings, *, replay: bool) -> Checkpointer | None:
+    """Checkpoints every N labels and/or T seconds; a replay uses labels only (deterministic)."""
+    every_s = None if replay or not s.checkpoint_every_s else s.checkpoint_every_s
+    every_labels = s.checkpoint_every_labels or None
+    if not s.model_dir or (every_s is None and every_labels is None):
+        return None
+    return Checkpointer(_store(s), CheckpointPolicy(every_labels, every_s))
 
 
 def build_flow(
@@ -97,6 +147,7 @@ def build_flow(
     when given. ``replay`` (a :class:`connectors.replay.ReplaySource`) replaces both inputs with
     one merged, time-ordered input and puts the model step in ordered mode."""
     s = settings if settings is not None else load_settings()
+    check_model_settings(s)
     sources = sources or {}
     sinks = sinks or {}
     lateness = int(s.allowed_lateness_s * 1000)
@@ -151,6 +202,8 @@ def build_flow(
     served = serve_and_learn(
         "model", featured, labels.oks, model_name=s.model_name, make_learner=learner_at_run_time,
         controls=controls, gaps=gaps, ordered=replay is not None,
+        load_model=model_loader(s) if s.model_dir else None,
+        after_batch=checkpointer(s, replay=replay is not None),
     )
 
     op.output("predictions_out", served.predictions, sinks.get("predictions") or prediction_sink(s))

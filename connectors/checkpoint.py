@@ -1,0 +1,201 @@
+"""Versioned model checkpoints in a model directory.
+
+A checkpoint is a directory ``<root>/<model>/v<version>-n<labels learned>/`` holding
+``model.pkl`` (the River model, pickled) and ``meta.json``: the model's name, class, version,
+labels learned, rolling quality at that moment, the model step's event-time clock, the wall time
+it was written and the SHA-256 of ``model.pkl``. Writes are atomic (a temporary directory renamed
+into place), loads verify the digest, and only the newest ``keep`` checkpoints of a model are
+kept, so the directory has an end too.
+
+Pickle is what River models support for persistence (River's own docs save models this way);
+the digest catches a truncated or altered file, not a malicious one: load only checkpoints you
+wrote.
+
+>>> import tempfile
+>>> from river import linear_model
+>>> store = ModelStore(tempfile.mkdtemp(), keep=2)
+>>> path = store.write("fraud", linear_model.LogisticRegression(), version=3, labels_learned=10)
+>>> path.name
+'v000003-n000000000010'
+>>> model, meta = store.load(path)
+>>> (type(model).__name__, meta["version"], meta["labels_learned"])
+('LogisticRegression', 3, 10)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read: missing, corrupt, or of another format."""
+
+
+class ModelStore:
+    """The checkpoints of every model under one root directory."""
+
+    def __init__(self, root: str | os.PathLike[str], *, keep: int = 5) -> None:
+        if keep <= 0:
+            raise ValueError(f"keep must be > 0, got {keep}")
+        self.root = Path(root)
+        self.keep = keep
+
+    def write(
+        self,
+        name: str,
+        model: Any,
+        *,
+        version: int,
+        labels_learned: int,
+        quality: dict[str, float] | None = None,
+        clock_ms: int | None = None,
+        wall_time: float | None = None,
+    ) -> Path:
+        """Write one checkpoint atomically and prune the oldest beyond ``keep``."""
+        _check_name(name)
+        model_dir = self.root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        meta = {
+            "format": FORMAT,
+            "name": name,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "version": version,
+            "labels_learned": labels_learned,
+            "quality": quality or {},
+            "clock_ms": clock_ms,
+            "written_at": time.time() if wall_time is None else wall_time,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        final = model_dir / f"v{version:06d}-n{labels_learned:012d}"
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_dir))
+        try:
+            (tmp / "model.pkl").write_bytes(blob)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+            if final.exists():  # the same version and count again: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in self.list(name)[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def list(self, name: str) -> list[Path]:
+        """The checkpoints of ``name``, oldest first (by version, then labels learned)."""
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            return []
+        return sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
+
+    def latest(self, name: str) -> Path | None:
+        found = self.list(name)
+        return found[-1] if found else None
+
+    def resolve(self, ref: str, name: str) -> Path:
+        """``latest`` (the newest checkpoint of ``name``), or a checkpoint path."""
+        if ref == "latest":
+            path = self.latest(name)
+            if path is None:
+                raise CheckpointError(f"no checkpoint of model {name!r} under {self.root}")
+            return path
+        path = Path(ref)
+        return path if path.is_absolute() or path.exists() else self.root / ref
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+        """Read a checkpoint, checking its format and digest."""
+        return load_checkpoint(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The model and metadata of the checkpoint directory ``path``."""
+    p = Path(path)
+    try:
+        meta = json.loads((p / "meta.json").read_text())
+        blob = (p / "model.pkl").read_bytes()
+    except (OSError, ValueError) as ex:
+        raise CheckpointError(f"cannot read checkpoint {p}: {ex}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {p} has format {meta.get('format')!r}, not {FORMAT}")
+    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {p} is corrupt: model.pkl does not match its digest")
+    try:
+        model = pickle.loads(blob)
+    except Exception as ex:  # a class that moved, a truncated stream
+        raise CheckpointError(f"cannot unpickle checkpoint {p}: {ex}") from None
+    return model, meta
+
+
+class Checkpointer:
+    """Called after every batch of the model step: writes each model's checkpoint when due."""
+
+    def __init__(self, store: ModelStore, policy: CheckpointPolicy) -> None:
+        self.store = store
+        self.policy = policy
+
+    def __call__(self, learner: Any) -> None:
+        from connectors import metrics
+
+        learned = learner.labels_learned
+        if not self.policy.due(learned):
+            return
+        for slot in learner.slots.values():
+            self.store.write(
+                slot.name, slot.model, version=slot.version, labels_learned=slot.labels_learned,
+                quality=learner.quality(slot.name), clock_ms=learner.clock,
+            )
+            metrics.CHECKPOINTS_WRITTEN.labels(model=slot.name).inc()
+            metrics.CHECKPOINT_LABELS.labels(model=slot.name).set(slot.labels_learned)
+        self.policy.done(learned)
+
+
+class CheckpointPolicy:
+    """When to write: every ``every_labels`` labels learned, or every ``every_s`` seconds of
+    wall time (with at least one new label); either may be ``None``. Replays use labels only,
+    so their checkpoints do not depend on the machine's speed."""
+
+    def __init__(
+        self,
+        every_labels: int | None,
+        every_s: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every_labels is not None and every_labels <= 0:
+            raise ValueError(f"every_labels must be > 0, got {every_labels}")
+        if every_s is not None and every_s <= 0:
+            raise ValueError(f"every_s must be > 0, got {every_s}")
+        self.every_labels = every_labels
+        self.every_s = every_s
+        self.clock = clock
+        self.last_labels = 0
+        self.last_at = clock()
+
+    def due(self, labels_learned: int) -> bool:
+        if labels_learned <= self.last_labels:
+            return False
+        if self.every_labels is not None and labels_learned - self.last_labels >= self.every_labels:
+            return True
+        return self.every_s is not None and self.clock() - self.last_at >= self.every_s
+
+    def done(self, labels_learned: int) -> None:
+        self.last_labels = labels_learned
+        self.last_at = self.clock()
+
+
+def _check_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise ValueError(f"model name {name!r} cannot name a directory")
