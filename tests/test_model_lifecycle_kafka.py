@@ -12,8 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+from river import linear_model
 
 from connectors.broker import EmbeddedKafka, free_port, read_topic
+from connectors.checkpoint import ModelStore
 from tests.test_kafka_integration import dataflow_env, produce
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +52,14 @@ def event(i: int, ts: int) -> tuple[bytes, bytes, int]:
     return (e["card_id"].encode(), orjson.dumps(e), ts)
 
 
-def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics):
+def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics, tmp_path):
     names = topics("events", "labels", "control", "predictions", "deadletter", "shadow")
     port = free_port()
+    # A checkpoint to swap in: an untrained logistic regression (it scores 0.5), as version 7.
+    fresh = ModelStore(tmp_path).write("fresh", linear_model.LogisticRegression(), version=7,
+                                       labels_learned=0)
     env = dataflow_env(
-        kafka, names, names,
+        kafka, names, names, UNDERTOW_MODEL_DIR=str(tmp_path),
         UNDERTOW_LABEL_TTL_CLOCK="wall", UNDERTOW_LABEL_TTL_S="2",
         UNDERTOW_MODEL_NAME="champ", UNDERTOW_CHALLENGERS="bayes=nb",
         UNDERTOW_CONTROL_TOPIC=names["control"], UNDERTOW_SHADOW_TOPIC=names["shadow"],
@@ -92,6 +97,24 @@ def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics):
         assert m['undertow_model_promotions_total{model="champ"}'] == 1.0
         assert m['undertow_control_commands_total{command="promote",result="ok"}'] == 1.0
         assert m['undertow_control_commands_total{command="rollback",result="error"}'] == 1.0
+
+        # Swap the champion's model for the checkpoint, score, roll back, score.
+        produce(kafka.bootstrap_servers, names["control"], [
+            (None, orjson.dumps({"command": "swap", "model": "bayes",
+                                 "checkpoint": str(fresh.relative_to(tmp_path))}), t0)])
+        wait_for(port, "the swap", lambda m: m.get('undertow_model_version{model="bayes"}') == 7.0)
+        produce(kafka.bootstrap_servers, names["events"],
+                [event(i, t0 + 2000 + i) for i in range(60, 65)])
+        wait_for(port, "5 more predictions", lambda m: m.get(
+            'undertow_predictions_total{model="bayes"}') == 65.0)
+        produce(kafka.bootstrap_servers, names["control"], [
+            (None, b'{"command":"rollback","model":"bayes"}', t0)])
+        wait_for(port, "the rollback", lambda m: m.get(
+            'undertow_model_version{model="bayes"}') == 1.0)
+        produce(kafka.bootstrap_servers, names["events"],
+                [event(i, t0 + 3000 + i) for i in range(65, 70)])
+        wait_for(port, "5 more predictions", lambda m: m.get(
+            'undertow_predictions_total{model="bayes"}') == 70.0)
         assert proc.poll() is None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -100,12 +123,17 @@ def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics):
                                                            names["predictions"])]
     shadow = [orjson.loads(r.value()) for r in read_topic(kafka.bootstrap_servers,
                                                            names["shadow"])]
-    by_id = {p["event_id"]: p["model"] for p in served}
-    assert len(by_id) == 60 and all(p["served"] for p in served)
-    assert {by_id[f"w{i}"] for i in range(50)} == {"champ"}
-    assert {by_id[f"w{i}"] for i in range(50, 60)} == {"bayes"}
+    by_id = {p["event_id"]: p for p in served}
+    assert len(by_id) == 70 and all(p["served"] for p in served)
+    assert {by_id[f"w{i}"]["model"] for i in range(50)} == {"champ"}
+    assert {by_id[f"w{i}"]["model"] for i in range(50, 70)} == {"bayes"}
+    # Every prediction names the model and version that made it.
+    assert {(by_id[f"w{i}"]["model_version"], by_id[f"w{i}"]["score"])
+            for i in range(60, 65)} == {(7, 0.5)}
+    assert {by_id[f"w{i}"]["model_version"] for i in range(65, 70)} == {1}
+    assert {by_id[f"w{i}"]["score"] for i in range(65, 70)} != {0.5}
     assert {p["event_id"]: p["model"] for p in shadow} == {
-        f"w{i}": "bayes" if i < 50 else "champ" for i in range(60)}
+        f"w{i}": "bayes" if i < 50 else "champ" for i in range(70)}
     dead = read_topic(kafka.bootstrap_servers, names["deadletter"])
     got = sorted((dict(d.headers())["undertow.error.reason"], d.value()) for d in dead)
     assert got == [(b"bad_control", b'{"command":"fly"}'),
