@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 
 from connectors.checkpoint import (
     Checkpointer,
@@ -47,6 +47,7 @@ from undertow import fraud
 from undertow.drift import FeatureDrift
 from undertow.learning import OnlineLearner, PromotionRule
 from undertow.models import make_model
+from undertow.schema import Event, FeaturedEvent
 
 
 def make_learner(
@@ -125,6 +126,22 @@ def model_loader(s: Settings):
     return load
 
 
+def featurize(events: Stream[Event], s: Settings) -> Stream[FeaturedEvent]:
+    """The fraud features of each event, as of its own time (shared with bulk scoring)."""
+    lateness = int(s.allowed_lateness_s * 1000)
+    featured = op.map("base_features", events, fraud.base_features)
+    featured = rolling_features(
+        "merchant_features", featured, entity_field="merchant_id", value_field=None,
+        make_state=lambda: fraud.merchant_state(lateness), shards=s.feature_shards,
+    )
+    featured = rolling_features(
+        "card_features", featured, entity_field="card_id", value_field="amount",
+        make_state=lambda: fraud.card_state(lateness), shards=s.feature_shards,
+        finish=fraud.derive_features,
+    )
+    return featured
+
+
 def checkpointer(s: Settings, *, replay: bool) -> Checkpointer | None:
     """Checkpoints every N labels and/or T seconds; a replay uses labels only (deterministic)."""
     every_s = None if replay or not s.checkpoint_every_s else s.checkpoint_every_s
@@ -150,7 +167,6 @@ def build_flow(
     check_model_settings(s)
     sources = sources or {}
     sinks = sinks or {}
-    lateness = int(s.allowed_lateness_s * 1000)
 
     flow = Dataflow("undertow_fraud")
     if replay is not None:
@@ -175,16 +191,7 @@ def build_flow(
     events = decode_events("decode_events", raw_events, schema=fraud.SCHEMA)
     labels = decode_labels("decode_labels", raw_labels)
 
-    featured = op.map("base_features", events.oks, fraud.base_features)
-    featured = rolling_features(
-        "merchant_features", featured, entity_field="merchant_id", value_field=None,
-        make_state=lambda: fraud.merchant_state(lateness), shards=s.feature_shards,
-    )
-    featured = rolling_features(
-        "card_features", featured, entity_field="card_id", value_field="amount",
-        make_state=lambda: fraud.card_state(lateness), shards=s.feature_shards,
-        finish=fraud.derive_features,
-    )
+    featured = featurize(events.oks, s)
     def learner_at_run_time() -> OnlineLearner:
         if replay is not None:  # one merged input: its order is the watermark
             return make_learner(s, replay=True)
