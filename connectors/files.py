@@ -100,3 +100,34 @@ class JsonlSink(DynamicSink[X], Generic[X]):
         if worker_count != 1:
             raise ValueError(f"JsonlSink {self.path}: one worker writes a file; got {worker_count}")
         return _LinesOut(self.path, self.encode)
+
+
+class _ListOut(StatelessSinkPartition[Any]):
+    def __init__(self, into: list[Any]) -> None:
+        self._into = into
+
+    def write_batch(self, items: list[Any]) -> None:
+        self._into.extend(items)
+
+
+class ListSink(DynamicSink[Any]):
+    """Collect records in a list of this process (bounded runs: backtests, bulk jobs)."""
+
+    def __init__(self, into: list[Any]) -> None:
+        self.into = into
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ListOut:
+        return _ListOut(self.into)
+
+
+def dead_letter_json(d: Any) -> bytes:
+    """One dead letter as a JSON document, its raw bytes in base64 (lossless)."""
+    import base64
+
+    import orjson
+
+    return orjson.dumps({
+        "reason": d.reason, "detail": d.detail, "step": d.step, "topic": d.topic,
+        "partition": d.partition, "offset": d.offset,
+        "raw_b64": base64.b64encode(d.raw).decode() if d.raw is not None else None,
+    })

@@ -42,6 +42,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from connectors import debian
+
 __all__ = [
     "PrometheusError",
     "PrometheusServer",
@@ -70,49 +72,19 @@ class PrometheusError(RuntimeError):
 # -- binaries -------------------------------------------------------------------------------------
 def find_binary(name: str) -> str | None:
     """Path of ``prometheus`` or ``promtool``: on PATH, else Debian's ``/usr/bin``; or None."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidate = Path("/usr/bin") / name
-    return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
+    return debian.find_binary(name)
 
 
 def ensure_installed(*, quiet: bool = True) -> tuple[str, str]:
-    """Paths of ``prometheus`` and ``promtool``, installing Debian's package if either is missing.
-
-    Installing needs root (``apt-get install -y --no-install-recommends prometheus``, after one
-    ``apt-get update`` if the package is not known yet); otherwise this raises with the command
-    to run. Nothing is started: Debian's maintainer scripts may try to start a service, which
-    does not happen without systemd and is never relied on here.
-    """
+    """Paths of ``prometheus`` and ``promtool``, installing Debian's package if either is missing
+    (:func:`connectors.debian.apt_install`: root only; otherwise it says what to run)."""
     prom, tool = find_binary("prometheus"), find_binary("promtool")
     if prom and tool:
         return prom, tool
-    if os.geteuid() != 0:
-        raise PrometheusError(
-            "Prometheus is not installed and installing it needs root: run "
-            "`sudo apt-get install -y --no-install-recommends prometheus`"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    out = subprocess.DEVNULL if quiet else None
-
-    def apt(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["apt-get", *args], env=env, stdout=out, stderr=subprocess.PIPE,
-                              text=True, check=False)
-
-    install = ("install", "-y", "-q", "--no-install-recommends", DEBIAN_PACKAGE)
-    known = subprocess.run(["apt-cache", "show", DEBIAN_PACKAGE], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False).returncode == 0
-    if not known:
-        r = apt("update", "-q")
-        if r.returncode != 0:
-            raise PrometheusError(f"apt-get update failed: {r.stderr.strip()[-2000:]}")
-    r = apt(*install)
-    if r.returncode != 0 and known:  # a stale package list: refresh once and retry
-        apt("update", "-q")
-        r = apt(*install)
-    if r.returncode != 0:
-        raise PrometheusError(f"apt-get install {DEBIAN_PACKAGE} failed: {r.stderr.strip()[-2000:]}")
+    try:
+        debian.apt_install(DEBIAN_PACKAGE, quiet=quiet)
+    except debian.InstallError as ex:
+        raise PrometheusError(str(ex)) from None
     prom, tool = find_binary("prometheus"), find_binary("promtool")
     if not (prom and tool):
         raise PrometheusError(f"the {DEBIAN_PACKAGE} package did not provide prometheus/promtool")

@@ -17,26 +17,24 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
-import base64
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
-import orjson
 import pandas as pd
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import run_main
 
 from connectors.checkpoint import CheckpointError, load_checkpoint
-from connectors.files import JsonlSink, JsonlSource
+from connectors.files import JsonlSink, JsonlSource, dead_letter_json
 from connectors.kafka import kafka_source, partition_count
 from connectors.settings import ConfigError, Settings, load_settings
 from dataflows.fraud import featurize
 from operators.decode import decode_events
 from undertow import fraud
-from undertow.schema import DeadLetter, FeaturedEvent, Prediction
+from undertow.schema import FeaturedEvent, Prediction
 
 
 def score_batch_fn(
@@ -64,14 +62,6 @@ def score_batch_fn(
         return out
 
     return score
-
-
-def dead_letter_json(d: DeadLetter) -> bytes:
-    return orjson.dumps({
-        "reason": d.reason, "detail": d.detail, "step": d.step, "topic": d.topic,
-        "partition": d.partition, "offset": d.offset,
-        "raw_b64": base64.b64encode(d.raw).decode() if d.raw is not None else None,
-    })
 
 
 def build_flow(
