@@ -1,0 +1,256 @@
+"""The declarative feature engine against a brute-force oracle (Hypothesis), and its rules."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from undertow import fraud
+from undertow.featurespec import (
+    FeatureSpec,
+    GroupState,
+    Rolling,
+    SpecError,
+    SpecState,
+    StreamWatermark,
+    Windowed,
+    load_spec,
+    spec_from_dict,
+)
+from undertow.schema import Event
+from undertow.workload import WorkloadConfig, generate
+
+LATENESS = 50
+KEY = ("user", "page")
+ROLLING = tuple(
+    Rolling(f"{agg}_{w}", KEY, agg, w, None if agg in ("count", "since_prev") else "x",
+            half_life_ms=40 if agg == "ewm" else None, default=-1.0)
+    for w in (30, 100)
+    for agg in ("count", "sum", "mean", "var", "std", "min", "max", "last", "since_prev",
+                "distinct", "ewm", "ratio")
+)
+WINDOWED = (
+    Windowed("t_sum", KEY, "sum", 60, 60, "x"),
+    Windowed("h_count", KEY, "count", 60, 20, None),
+    Windowed("h_mean", KEY, "mean", 60, 20, "x"),
+    Windowed("h_var", KEY, "var", 60, 20, "x"),
+    Windowed("h_std", KEY, "std", 60, 20, "x"),
+    Windowed("t_min", KEY, "min", 60, 60, "x"),
+    Windowed("t_max", KEY, "max", 60, 60, "x"),
+    Windowed("t_last", KEY, "last", 60, 60, "x"),
+    Windowed("h_distinct", KEY, "distinct", 60, 20, "x", distinct_bound=10_000),
+)
+SPEC = FeatureSpec("oracle", rolling=ROLLING, windowed=WINDOWED, allowed_lateness_ms=LATENESS)
+
+records = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2", "u3"]),  # a few users ...
+        st.sampled_from(["a", "b"]),          # ... and pages: the key is the pair
+        st.integers(-60, 40),                 # time step: jumps back (out of order, late) or gaps
+        st.integers(-5, 5).map(float),        # small integers: repeated values and ties
+    ),
+    max_size=120,
+)
+
+
+def close(a: float, b: float) -> bool:
+    return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def oracle_rolling(f: Rolling, hist: list[tuple[int, int, float]], t: int, x: float,
+                   me: int) -> float:
+    """Recompute one rolling feature from the full history of the key (all arrived records)."""
+    # Sorted by (ts, arrival); the event's own position is after every equal-ts earlier arrival.
+    win = sorted((r for r in hist if t - f.window_ms < r[0] <= t), key=lambda r: (r[0], r[1]))
+    xs = [r[2] for r in win]
+    pos = [r[1] for r in win].index(me)
+    prev = win[pos - 1] if pos > 0 else None
+    n = len(xs)
+    if f.agg == "count":
+        return float(n)
+    if f.agg == "sum":
+        return math.fsum(xs)
+    if f.agg == "mean":
+        return math.fsum(xs) / n
+    if f.agg in ("var", "std"):
+        m = math.fsum(xs) / n
+        var = math.fsum((v - m) ** 2 for v in xs) / (n - 1) if n > 1 else 0.0
+        return math.sqrt(var) if f.agg == "std" else var
+    if f.agg == "min":
+        return min(xs)
+    if f.agg == "max":
+        return max(xs)
+    if f.agg == "last":
+        return prev[2] if prev else f.default
+    if f.agg == "since_prev":
+        return min(t - prev[0], f.window_ms) / 1000 if prev else f.window_ms / 1000
+    if f.agg == "distinct":
+        return float(len(set(xs)))
+    if f.agg == "ratio":
+        mean = math.fsum(xs) / n
+        return x / mean if mean else 1.0
+    ws = [2 ** (-(t - r[0]) / f.half_life_ms) for r in win]
+    return math.fsum(w * v for w, v in zip(ws, xs, strict=True)) / math.fsum(ws)
+
+
+def oracle_window(w: Windowed, recs: list[tuple[int, int, float]]) -> float:
+    xs = [r[2] for r in recs]
+    n = len(xs)
+    if w.agg == "count":
+        return float(n)
+    if w.agg == "sum":
+        return math.fsum(xs)
+    if w.agg == "mean":
+        return math.fsum(xs) / n
+    if w.agg in ("var", "std"):
+        m = math.fsum(xs) / n
+        var = math.fsum((v - m) ** 2 for v in xs) / (n - 1) if n > 1 else 0.0
+        return math.sqrt(var) if w.agg == "std" else var
+    if w.agg == "min":
+        return min(xs)
+    if w.agg == "max":
+        return max(xs)
+    if w.agg == "last":
+        return max(recs, key=lambda r: (r[0], r[1]))[2]
+    return float(len(set(xs)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records)
+def test_every_feature_equals_the_brute_force_oracle(stream):
+    state = GroupState(SPEC.groups()[0], allowed_lateness_ms=LATENESS, idle_ms=10**9)
+    history: dict[tuple[str, str], list[tuple[int, int, float]]] = defaultdict(list)
+    accepted: list[tuple[tuple[str, str], int, int, float]] = []
+    windows = []
+    t, newest = 1000, None
+    for i, (user, page, step, x) in enumerate(stream):
+        t += step
+        fields = {"user": user, "page": page, "x": x}
+        got = state.update(fields, t, 0, windows)
+        # The oracle's lateness: older than the newest accepted time minus the lateness.
+        if newest is not None and t < newest - LATENESS:
+            assert got is None, (i, t, newest)
+            continue
+        newest = t if newest is None else max(newest, t)
+        key = (user, page)
+        history[key].append((t, i, x))
+        accepted.append((key, t, i, x))
+        for f in ROLLING:
+            want = oracle_rolling(f, history[key], t, x, i)
+            assert close(got[f.name], want), (f.name, got[f.name], want)
+    # State is bounded: nothing older than the horizon stays, and the counters agree.
+    assert state.records == sum(len(h) for h in state.entities.values())
+    before_flush = list(windows)
+    state.flush(windows)
+    # Every window emitted (while running, or at the end) has the oracle's aggregate of all the
+    # accepted records in it: a closed window never missed a record that was not late.
+    got_w = {(a.feature, a.key, a.start): a for a in windows}
+    assert len(got_w) == len(windows)
+    want_keys = set()
+    for w in WINDOWED:
+        by: dict[tuple[str, int], list] = defaultdict(list)
+        for key, ts, i, x in accepted:
+            for k in range((ts - w.size_ms) // w.hop_ms + 1, ts // w.hop_ms + 1):
+                by[("|".join(key), k * w.hop_ms)].append((ts, i, x))
+        for (ent, start), recs in by.items():
+            want_keys.add((w.name, ent, start))
+            a = got_w[(w.name, ent, start)]
+            assert (a.end, a.count) == (start + w.size_ms, len(recs))
+            assert close(a.value, oracle_window(w, recs)), (w.name, a, recs)
+    assert set(got_w) == want_keys
+    if newest is not None:
+        for a in before_flush:  # closed by the watermark, never early
+            assert a.end <= newest - LATENESS
+
+
+def test_distinct_is_exact_up_to_the_bound_then_a_sketch():
+    g = FeatureSpec("d", windowed=(Windowed("d", ("k",), "distinct", 10**6, 10**6, "v",
+                                            distinct_bound=100),)).groups()[0]
+    out = []
+    state = GroupState(g, allowed_lateness_ms=0, idle_ms=10**9)
+    for i in range(100):
+        state.update({"k": "a", "v": i % 100}, i, 0, out)
+        state.update({"k": "b", "v": i}, i, 0, out)
+    for i in range(100, 5000):
+        state.update({"k": "b", "v": i}, i, 0, out)
+    state.flush(out)
+    got = {a.key: a.value for a in out}
+    assert got["a"] == 100.0  # within the bound: exact
+    assert abs(got["b"] - 5000) / 5000 < 0.05  # beyond it: HyperLogLog, p=12 (~1.6 % error)
+
+
+def test_the_watermark_waits_for_the_slowest_partition_but_not_an_idle_one():
+    wm = StreamWatermark(idle_ms=1000, expected=2)
+    assert [wm.update(0, 100), wm.update(1, 10), wm.update(0, 500)] == [None, 10, 10]
+    assert wm.update(0, 1011) == 1011  # partition 1 is 1001 ms behind: idle, ignored
+    assert wm.update(1, 20) == 1011  # it never goes back
+    g = FeatureSpec("p", rolling=(Rolling("n", ("k",), "count", 100),),
+                    allowed_lateness_ms=0).groups()[0]
+    state = GroupState(g, allowed_lateness_ms=0, idle_ms=10**6, partitions=2)
+    out: list = []
+    assert state.update({"k": "a"}, 500, 0, out) == {"n": 1.0}
+    # Partition 1 is behind partition 0, but not late: the watermark is the slowest partition.
+    # It is served as of its own time: the record at 500 is not in (350, 450].
+    assert state.update({"k": "a"}, 450, 1, out) == {"n": 1.0}
+    assert state.update({"k": "a"}, 400, 1, out) is None  # behind its own partition's 450
+    assert state.late == 1
+
+
+def test_idle_entities_are_dropped_and_old_records_evicted():
+    g = FeatureSpec("e", rolling=(Rolling("n", ("k",), "count", 100),),
+                    allowed_lateness_ms=10).groups()[0]
+    state = GroupState(g, allowed_lateness_ms=10, idle_ms=10**6)
+    out: list = []
+    for i in range(50):
+        state.update({"k": f"idle{i}"}, i, 0, out)
+    assert len(state) == 50 and state.records == 50
+    for t in range(200, 400, 10):
+        state.update({"k": "busy"}, t, 0, out)
+    # Horizon = 390 - 100 - 10 = 280: idle keys are gone, "busy" keeps (280, 390].
+    assert list(state.entities) == ["busy"]
+    assert state.entities["busy"].ts == list(range(290, 400, 10))
+    assert state.records == 11 and state.evicted_entities == 50
+
+
+def test_the_fraud_spec_reproduces_the_hand_written_fraud_features():
+    spec = load_spec("specs/fraud.toml")
+    w = generate(WorkloadConfig(seed=3, n_events=5000, n_cards=200, n_merchants=30))
+    state = SpecState(spec)
+    merchant, card = fraud.merchant_state(300_000), fraud.card_state(300_000)
+    for rec in w.events:
+        fe = fraud.base_features(Event(rec["event_id"], rec["card_id"], rec["ts"], rec))
+        x = merchant.update(rec["merchant_id"], rec["ts"], 0.0)
+        x.update(fe.features)
+        old = card.update(rec["card_id"], rec["ts"], rec["amount"])
+        old.update(x)
+        fraud.derive_features(old)
+        assert state.update(rec, rec["ts"]) == old
+
+
+def test_bad_specs_name_the_feature():
+    base = {"name": "s", "rolling": [{"name": "f", "key": "k", "agg": "sum", "window": "1m",
+                                      "field": "x"}]}
+    spec_from_dict(base)
+    cases = [
+        ({"agg": "median"}, "feature 'f': unknown rolling agg 'median'"),
+        ({"window": "ten minutes"}, "feature 'f': window: 'ten minutes' is not a duration"),
+        ({"field": None}, "feature 'f': agg 'sum' needs a field"),
+        ({"agg": "ewm"}, "feature 'f': agg 'ewm' needs half_life > 0"),
+        ({"colour": "red"}, "feature 'f': unknown settings ['colour']"),
+        ({"transform": "sqrt"}, "feature 'f': unknown transform 'sqrt'"),
+    ]
+    for change, message in cases:
+        d = {**base, "rolling": [{**base["rolling"][0], **change}]}
+        if change.get("field", 1) is None:
+            del d["rolling"][0]["field"]
+        with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            spec_from_dict(d)
+    with pytest.raises(SpecError, match="need 0 < hop <= size"):
+        spec_from_dict({"name": "s", "windowed": [{"name": "w", "key": "k", "agg": "count",
+                                                   "size": "1m", "hop": "2m"}]})
+    with pytest.raises(SpecError, match="feature names used twice"):
+        spec_from_dict({"name": "s", "passthrough": [{"name": "a"}, {"name": "a"}]})
