@@ -306,5 +306,11 @@ def shadow_sink(settings: Settings) -> ProducerSink[Prediction]:
     return ProducerSink(settings, settings.shadow_topic, encode_prediction)
 
 
+def window_sink(settings: Settings) -> ProducerSink[Any]:
+    """Closed window aggregates, to ``UNDERTOW_FEATURES_TOPIC``, keyed by entity."""
+    return ProducerSink(settings, settings.features_topic,
+                        lambda w: (w.key.encode(), w.to_json(), None))
+
+
 def dead_letter_sink(settings: Settings) -> ProducerSink[DeadLetter]:
     return ProducerSink(settings, settings.deadletter_topic, encode_dead_letter)

@@ -104,12 +104,12 @@ class StateSizes(Collector):
     """
 
     def __init__(self, registry: object = REGISTRY) -> None:
-        self._sizes: dict[tuple[str, str], tuple[int, int]] = {}
+        self._sizes: dict[tuple[str, str], tuple[int, int, int]] = {}
         if registry is not None:
             registry.register(self)  # type: ignore[attr-defined]
 
-    def set(self, step: str, shard: str, entities: int, records: int) -> None:
-        self._sizes[(step, shard)] = (entities, records)
+    def set(self, step: str, shard: str, entities: int, records: int, windows: int = 0) -> None:
+        self._sizes[(step, shard)] = (entities, records, windows)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         ent = GaugeMetricFamily(
@@ -118,21 +118,29 @@ class StateSizes(Collector):
         rec = GaugeMetricFamily(
             "undertow_feature_records", "Records kept in window state.", labels=["step"]
         )
+        win = GaugeMetricFamily(
+            "undertow_feature_open_windows", "Tumbling/hopping windows not closed yet.",
+            labels=["step"],
+        )
         totals: dict[str, list[int]] = {}
-        for (step, _), (e, r) in list(self._sizes.items()):
-            t = totals.setdefault(step, [0, 0])
+        for (step, _), (e, r, w) in list(self._sizes.items()):
+            t = totals.setdefault(step, [0, 0, 0])
             t[0] += e
             t[1] += r
-        for step, (e, r) in sorted(totals.items()):
+            t[2] += w
+        for step, (e, r, w) in sorted(totals.items()):
             ent.add_metric([step], e)
             rec.add_metric([step], r)
+            win.add_metric([step], w)
         yield ent
         yield rec
+        yield win
 
     def describe(self) -> list[GaugeMetricFamily]:
         return [
             GaugeMetricFamily("undertow_feature_entities", "", labels=["step"]),
             GaugeMetricFamily("undertow_feature_records", "", labels=["step"]),
+            GaugeMetricFamily("undertow_feature_open_windows", "", labels=["step"]),
         ]
 
 
@@ -147,7 +155,8 @@ DEAD_LETTERS = Counter(
 )
 LATE_EVENTS = Counter(
     "undertow_late_events",
-    "Events older than the allowed lateness when they reached a feature step.",
+    "Events older than the allowed lateness when they reached a feature step (sent to the late "
+    "side stream, not scored).",
     ["step"],
 )
 ENTITIES_EVICTED = Counter(
@@ -276,4 +285,8 @@ CHECKPOINTS_WRITTEN = Counter(
 CHECKPOINT_LABELS = Gauge(
     "undertow_checkpoint_labels_learned", "Labels learned by the model in its last checkpoint.",
     ["model"],
+)
+WINDOWS_CLOSED = Counter(
+    "undertow_feature_windows_closed",
+    "Tumbling/hopping windows closed by the event-time watermark and emitted.", ["step"],
 )

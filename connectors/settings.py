@@ -102,6 +102,10 @@ class Settings(BaseModel):
     #: Start the champion from this checkpoint ("latest" in UNDERTOW_MODEL_DIR, or a path).
     start_checkpoint: str = ""
 
+    #: The feature spec (a TOML file); empty = the shipped specs/fraud.toml.
+    feature_spec: str = ""
+    #: Where closed tumbling/hopping window aggregates are written; empty = not written.
+    features_topic: str = ""
     #: Entity state is split into this many shards, spread over the workers by Bytewax.
     feature_shards: int = Field(32, gt=0)
     #: Records up to this much older than the newest seen still get exact window features.

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -38,16 +40,18 @@ from connectors.kafka import (
     partition_count,
     prediction_sink,
     shadow_sink,
+    window_sink,
 )
 from connectors.settings import ConfigError, Settings, load_settings
 from operators.decode import decode_controls, decode_events, decode_labels
-from operators.features import rolling_features
+from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
 from undertow import fraud
 from undertow.drift import FeatureDrift
+from undertow.featurespec import FeatureSpec, SpecError, load_spec
 from undertow.learning import OnlineLearner, PromotionRule
 from undertow.models import make_model
-from undertow.schema import Event, FeaturedEvent
+from undertow.schema import Event
 
 
 def make_learner(
@@ -126,20 +130,26 @@ def model_loader(s: Settings):
     return load
 
 
-def featurize(events: Stream[Event], s: Settings) -> Stream[FeaturedEvent]:
-    """The fraud features of each event, as of its own time (shared with bulk scoring)."""
-    lateness = int(s.allowed_lateness_s * 1000)
-    featured = op.map("base_features", events, fraud.base_features)
-    featured = rolling_features(
-        "merchant_features", featured, entity_field="merchant_id", value_field=None,
-        make_state=lambda: fraud.merchant_state(lateness), shards=s.feature_shards,
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+def feature_spec(s: Settings) -> FeatureSpec:
+    """The feature spec: ``UNDERTOW_FEATURE_SPEC`` or the shipped ``specs/fraud.toml``."""
+    path = s.feature_spec or str(SPECS / "fraud.toml")
+    try:
+        return load_spec(path)
+    except SpecError as ex:
+        raise ConfigError(f"UNDERTOW_FEATURE_SPEC: {ex}") from None
+
+
+def featurize(
+    events: Stream[Event], s: Settings, *, partitions: Callable[[], int | None] | None = None
+) -> FeaturesOut:
+    """The spec's features of each event, as of its own time (shared with bulk scoring)."""
+    return spec_features(
+        "features", events, spec=feature_spec(s), shards=s.feature_shards,
+        allowed_lateness_ms=int(s.allowed_lateness_s * 1000), partitions=partitions,
     )
-    featured = rolling_features(
-        "card_features", featured, entity_field="card_id", value_field="amount",
-        make_state=lambda: fraud.card_state(lateness), shards=s.feature_shards,
-        finish=fraud.derive_features,
-    )
-    return featured
 
 
 def checkpointer(s: Settings, *, replay: bool) -> Checkpointer | None:
@@ -191,7 +201,12 @@ def build_flow(
     events = decode_events("decode_events", raw_events, schema=fraud.SCHEMA)
     labels = decode_labels("decode_labels", raw_labels)
 
-    featured = featurize(events.oks, s)
+    features = featurize(
+        events.oks, s,
+        partitions=None if replay is not None or "events" in sources
+        else (lambda: partition_count(s, s.events_topic)),
+    )
+    featured = features.featured
     def learner_at_run_time() -> OnlineLearner:
         if replay is not None:  # one merged input: its order is the watermark
             return make_learner(s, replay=True)
@@ -204,8 +219,8 @@ def build_flow(
         )
 
     gaps = None
-    if replay is not None:
-        gaps = op.merge("gaps", events.errs, labels.errs)
+    if replay is not None:  # records that never reach the model step: it must not wait for them
+        gaps = op.merge("gaps", events.errs, labels.errs, features.late)
     served = serve_and_learn(
         "model", featured, labels.oks, model_name=s.model_name, make_learner=learner_at_run_time,
         controls=controls, gaps=gaps, ordered=replay is not None,
@@ -218,10 +233,14 @@ def build_flow(
         op.output("shadow_out", served.shadow, sinks["shadow"])
     elif s.shadow_topic:
         op.output("shadow_out", served.shadow, shadow_sink(s))
+    if "features" in sinks:
+        op.output("features_out", features.windows, sinks["features"])
+    elif s.features_topic and replay is None:
+        op.output("features_out", features.windows, window_sink(s))
     for name in ("outcomes", "summaries"):
         if name in sinks:
             op.output(f"{name}_out", getattr(served, name), sinks[name])
-    dead_streams = [events.errs, labels.errs, served.errs]
+    dead_streams = [events.errs, labels.errs, features.late, served.errs]
     if control_errs is not None:
         dead_streams.append(control_errs)
     dead = op.merge("dead_letters", *dead_streams)

@@ -71,13 +71,14 @@ def build_flow(
     flow = Dataflow("undertow_score")
     raw = op.input("input", flow, source)
     events = decode_events("decode_events", raw, schema=fraud.SCHEMA)
-    featured: Stream[FeaturedEvent] = featurize(events.oks, settings)
+    features = featurize(events.oks, settings)
+    featured: Stream[FeaturedEvent] = features.featured
     score = score_batch_fn(model, name=str(meta["name"]), version=int(meta["version"]),
                            labels_learned=int(meta["labels_learned"]),
                            threshold=settings.threshold, batch_size=batch_size)
     scored = op.flat_map_batch("score", featured, score)
     op.output("predictions_out", scored, output)
-    op.output("deadletter_out", events.errs, deadletters)
+    op.output("deadletter_out", op.merge("dead", events.errs, features.late), deadletters)
     return flow
 
 

@@ -14,10 +14,9 @@ import pytest
 
 from connectors.checkpoint import ModelStore, load_checkpoint
 from dataflows.score import main
-from undertow import fraud
+from undertow.featurespec import SpecState, load_spec
 from undertow.models import make_model
-from undertow.reference import run_reference
-from undertow.schema import Event
+from undertow.reference import FRAUD_SPEC, run_reference
 from undertow.workload import WorkloadConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,19 +43,9 @@ def setup(tmp_path_factory):
 
 
 def expected_features(w) -> dict[str, dict[str, float]]:
-    """The features of the scored events, as of each one, from the plain loop's feature code."""
-    merchant = fraud.merchant_state(300_000)
-    card = fraud.card_state(300_000)
-    out = {}
-    for rec in w.events[800:]:
-        fe = fraud.base_features(Event(rec["event_id"], rec["card_id"], rec["ts"], rec))
-        x = merchant.update(rec["merchant_id"], rec["ts"], 0.0)
-        x.update(fe.features)
-        feats = card.update(rec["card_id"], rec["ts"], rec["amount"])
-        feats.update(x)
-        fraud.derive_features(feats)
-        out[rec["event_id"]] = feats
-    return out
+    """The features of the scored events, as of each one, from the spec in one process."""
+    state = SpecState(load_spec(FRAUD_SPEC))
+    return {rec["event_id"]: state.update(rec, rec["ts"]) for rec in w.events[800:]}
 
 
 @pytest.mark.parametrize("kind", ["logreg", "hat"])

@@ -12,10 +12,12 @@ import heapq
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from undertow import fraud
-from undertow.schema import Event
+from undertow.featurespec import FeatureSpec, SpecState, load_spec
+
+FRAUD_SPEC = Path(__file__).resolve().parents[1] / "specs" / "fraud.toml"
 
 
 @dataclass
@@ -31,11 +33,10 @@ def run_reference(
     labels: Iterable[dict[str, Any]],
     model: Any,
     *,
-    allowed_lateness_ms: int = 300_000,
+    spec: FeatureSpec | None = None,
 ) -> ReferenceResult:
     """Score every event and learn every label at its time; return the served scores."""
-    merchant = fraud.merchant_state(allowed_lateness_ms)
-    card = fraud.card_state(allowed_lateness_ms)
+    features = SpecState(spec if spec is not None else load_spec(FRAUD_SPEC))
     # One merged, time-ordered stream: (ts, 0 for label / 1 for event, seq, record).
     merged = heapq.merge(
         ((lb["ts"], 0, i, lb) for i, lb in enumerate(labels)),
@@ -55,12 +56,9 @@ def run_reference(
                 learned += 1
             continue
         t0 = clock()
-        fe = fraud.base_features(Event(rec["event_id"], rec["card_id"], ts, rec))
-        x = merchant.update(rec["merchant_id"], ts, 0.0)
-        x.update(fe.features)
-        feats = card.update(rec["card_id"], ts, rec["amount"])
-        feats.update(x)
-        fraud.derive_features(feats)
+        feats = features.update(rec, ts)
+        if feats is None:  # late: the dataflow sends it to the late side stream, unscored
+            continue
         score = float(model.predict_proba_one(feats).get(True, 0.0))
         served[rec["event_id"]] = (feats, score)
         scores[rec["event_id"]] = score

@@ -45,6 +45,7 @@ EXPIRED_EVENT = "expired_event"
 OUT_OF_RANGE = "out_of_range"
 INVALID_RECORD = "invalid_record"
 BAD_CONTROL = "bad_control"
+LATE_EVENT = "late_event"
 
 #: The latest event time accepted: 2100-01-01T00:00:00Z. A record stamped beyond it would drag
 #: every event-time clock forward and expire all state at once.
@@ -69,6 +70,7 @@ DEAD_LETTER_REASONS = (
     OUT_OF_RANGE,
     INVALID_RECORD,
     BAD_CONTROL,
+    LATE_EVENT,
 )
 
 
