@@ -18,9 +18,11 @@ backtests run the live code (:mod:`dataflows.backtest`).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ from undertow.drift import FeatureDrift
 from undertow.featurespec import FeatureSpec, SpecError, load_spec
 from undertow.learning import OnlineLearner, PromotionRule
 from undertow.models import make_model
-from undertow.schema import Event
+from undertow.schema import Event, EventSchema
 
 
 def make_learner(
@@ -133,9 +135,24 @@ def model_loader(s: Settings):
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
-def feature_spec(s: Settings) -> FeatureSpec:
-    """The feature spec: ``UNDERTOW_FEATURE_SPEC`` or the shipped ``specs/fraud.toml``."""
-    path = s.feature_spec or str(SPECS / "fraud.toml")
+@dataclass(frozen=True)
+class Scenario:
+    """What differs between streams: the event schema, the default feature spec, the label's
+    key and value fields. The graph, the operators and the settings are the same."""
+
+    name: str
+    schema: EventSchema
+    spec_file: str
+    label_key_field: str
+    label_value_field: str
+
+
+FRAUD = Scenario("fraud", fraud.SCHEMA, "fraud.toml", "card_id", "is_fraud")
+
+
+def feature_spec(s: Settings, scenario: Scenario = FRAUD) -> FeatureSpec:
+    """The feature spec: ``UNDERTOW_FEATURE_SPEC`` or the scenario's shipped one."""
+    path = s.feature_spec or str(SPECS / scenario.spec_file)
     try:
         return load_spec(path)
     except SpecError as ex:
@@ -143,11 +160,12 @@ def feature_spec(s: Settings) -> FeatureSpec:
 
 
 def featurize(
-    events: Stream[Event], s: Settings, *, partitions: Callable[[], int | None] | None = None
+    events: Stream[Event], s: Settings, *, partitions: Callable[[], int | None] | None = None,
+    scenario: Scenario = FRAUD,
 ) -> FeaturesOut:
     """The spec's features of each event, as of its own time (shared with bulk scoring)."""
     return spec_features(
-        "features", events, spec=feature_spec(s), shards=s.feature_shards,
+        "features", events, spec=feature_spec(s, scenario), shards=s.feature_shards,
         allowed_lateness_ms=int(s.allowed_lateness_s * 1000), partitions=partitions,
     )
 
@@ -167,6 +185,7 @@ def build_flow(
     sources: dict[str, Any] | None = None,
     sinks: dict[str, Any] | None = None,
     replay: Any = None,
+    scenario: Scenario = FRAUD,
 ) -> Dataflow:
     """The fraud dataflow. ``sources`` (``events``, ``labels``, ``control``) and ``sinks``
     (``predictions``, ``deadletter``, ``shadow``, ``outcomes``, ``summaries``) replace the Kafka
@@ -178,7 +197,7 @@ def build_flow(
     sources = sources or {}
     sinks = sinks or {}
 
-    flow = Dataflow("undertow_fraud")
+    flow = Dataflow(f"undertow_{scenario.name}")
     if replay is not None:
         merged_in = op.input("replay", flow, replay)
         split_in = op.branch("split_replay", merged_in, lambda r: r.topic in replay.event_topics)
@@ -198,11 +217,12 @@ def build_flow(
         )
         decoded_control = decode_controls("decode_control", raw_control)
         controls, control_errs = decoded_control.oks, decoded_control.errs
-    events = decode_events("decode_events", raw_events, schema=fraud.SCHEMA)
-    labels = decode_labels("decode_labels", raw_labels)
+    events = decode_events("decode_events", raw_events, schema=scenario.schema)
+    labels = decode_labels("decode_labels", raw_labels, key_field=scenario.label_key_field,
+                           value_field=scenario.label_value_field)
 
     features = featurize(
-        events.oks, s,
+        events.oks, s, scenario=scenario,
         partitions=None if replay is not None or "events" in sources
         else (lambda: partition_count(s, s.events_topic)),
     )
@@ -248,13 +268,16 @@ def build_flow(
     return flow
 
 
-def _flow_from_environment() -> Dataflow:
+def flow_from_environment(scenario: Scenario = FRAUD) -> Dataflow:
+    """The dataflow of ``scenario`` from ``UNDERTOW_*``; a bad setting exits with one line."""
     try:
-        return build_flow()
+        env = dict(os.environ)
+        overrides = {} if "UNDERTOW_MODEL_NAME" in env else {"model_name": scenario.name}
+        return build_flow(load_settings(env, **overrides), scenario=scenario)
     except ConfigError as ex:
         # One clear line naming the setting, not a traceback.
         print(f"undertow: bad setting: {ex}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-flow = _flow_from_environment()
+flow = flow_from_environment(FRAUD)

@@ -258,3 +258,43 @@ def test_bad_specs_name_the_feature():
                                                    "size": "1m", "hop": "2m"}]})
     with pytest.raises(SpecError, match="feature names used twice"):
         spec_from_dict({"name": "s", "passthrough": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_the_clicks_spec_runs_through_the_same_dataflow():
+    """A second, unrelated stream: the same graph and operators serve what the plain loop
+    serves, and emit the closed windows the spec computes in one process."""
+    import orjson
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from connectors.kafka import KafkaRecord
+    from connectors.settings import load_settings
+    from dataflows.clicks import CLICKS
+    from dataflows.fraud import build_flow
+    from undertow.clickstream import generate_clicks
+    from undertow.models import make_model
+    from undertow.reference import run_reference
+
+    events, labels = generate_clicks(seed=2, n_users=60, n_sessions=400)
+    spec = load_spec("specs/clicks.toml")
+    preds: list = []
+    windows: list = []
+    flow = build_flow(load_settings({}, model_name="clicks"), scenario=CLICKS, sources={
+        "events": TestingSource([KafkaRecord(None, orjson.dumps(e), "clicks", 0, i)
+                                 for i, e in enumerate(events)], batch_size=40),
+        "labels": TestingSource([KafkaRecord(None, orjson.dumps(x), "conv", 0, i)
+                                 for i, x in enumerate(labels)], batch_size=len(labels)),
+    }, sinks={"predictions": TestingSink(preds), "deadletter": TestingSink([]),
+              "features": TestingSink(windows)})
+    run_main(flow)
+    ref = run_reference(events, labels, make_model("logreg"), spec=spec, label_field="converted")
+    assert {p.event_id: p.score for p in preds} == ref.scores
+    assert ref.learned == len(labels)
+    state = SpecState(spec)
+    want: list = []
+    for e in events:
+        state.update(e, e["ts"], 0, want)
+    for g in state.groups:
+        g.flush(want)
+    assert sorted(windows) == sorted(want) and len(want) > 100
+    assert {w.feature for w in want} == {"page_clicks_5m_by_1m", "page_dwell_mean_5m_by_1m",
+                                         "user_pages_distinct_10m"}

@@ -20,6 +20,10 @@ from undertow.featurespec import FeatureSpec, SpecState, load_spec
 FRAUD_SPEC = Path(__file__).resolve().parents[1] / "specs" / "fraud.toml"
 
 
+def _order(r: tuple[int, int, int, Any]) -> tuple[int, int, int]:
+    return r[:3]
+
+
 @dataclass
 class ReferenceResult:
     scores: dict[str, float]
@@ -34,13 +38,15 @@ def run_reference(
     model: Any,
     *,
     spec: FeatureSpec | None = None,
+    label_field: str = "is_fraud",
 ) -> ReferenceResult:
     """Score every event and learn every label at its time; return the served scores."""
     features = SpecState(spec if spec is not None else load_spec(FRAUD_SPEC))
     # One merged, time-ordered stream: (ts, 0 for label / 1 for event, seq, record).
     merged = heapq.merge(
-        ((lb["ts"], 0, i, lb) for i, lb in enumerate(labels)),
-        ((e["ts"], 1, i, e) for i, e in enumerate(events)),
+        sorted(((lb["ts"], 0, i, lb) for i, lb in enumerate(labels)), key=_order),
+        sorted(((e["ts"], 1, i, e) for i, e in enumerate(events)), key=_order),
+        key=_order,
     )
     served: dict[str, tuple[dict[str, float], float]] = {}
     scores: dict[str, float] = {}
@@ -52,7 +58,7 @@ def run_reference(
         if kind == 0:
             s = served.pop(rec["event_id"], None)
             if s is not None:
-                model.learn_one(s[0], rec["is_fraud"])
+                model.learn_one(s[0], rec[label_field])
                 learned += 1
             continue
         t0 = clock()
