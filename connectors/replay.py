@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -157,6 +158,10 @@ class _Reader:
             return self.buf[0][0]
         return self.next_offset
 
+    def progress(self) -> tuple[int, int]:
+        """(done, total) of this partition's range, in offsets or bytes: for the log only."""
+        return (1, 1) if self.eof and not self.win and not self.buf else (0, 1)
+
     def close(self) -> None:
         pass
 
@@ -171,6 +176,11 @@ class _FileReader(_Reader):
         while self._line < start_line and self._f.readline():
             self._line += 1
         self.next_offset = self._line
+        self._from = self._f.tell()
+        self._size = os.fstat(self._f.fileno()).st_size
+
+    def progress(self) -> tuple[int, int]:
+        return self._f.tell() - self._from, max(self._size - self._from, 1)
 
     def fill(self) -> None:
         readline = self._f.readline
@@ -195,6 +205,14 @@ class _KafkaReader(_Reader):
         self.topic, self.partition, self.kind = topic, partition, kind
         self._consumer = consumer
         self._batch = batch
+        self.first = 0
+        self.high = 0  # the reported high watermark: a lower bound on Tansu, so progress only
+
+    def progress(self) -> tuple[int, int]:
+        if self.eof and not self.win and not self.buf:
+            return 1, 1
+        total = max(self.high - self.first, 1)
+        return min(max(self.next_offset - self.first, 0), total - 1), total
 
     def fill(self) -> None:
         for msg in self._consumer.consume(self._batch, 1.0):
@@ -269,9 +287,15 @@ class _ReplayPartition(StatefulSourcePartition[KafkaRecord, dict[str, Any]]):
             self._next_log += self.source.progress_every
             clock = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1000))
             rate = self.emitted / max(time.monotonic() - self._t0, 1e-9)
-            log.info("replay: %d records emitted, replay clock %s, %.0f records/s",
-                     self.emitted, clock, rate)
+            log.info("replay: %d records emitted, replay clock %s, %.1f%% of the inputs read, "
+                     "%.0f records/s", self.emitted, clock, 100 * self.fraction_read(), rate)
         return out
+
+    def fraction_read(self) -> float:
+        """The mean over partitions of the share of each one's range read (offsets, or bytes
+        for a file): a progress estimate, not part of the output."""
+        shares = [d / t for d, t in (r.progress() for r in self.readers)]
+        return sum(shares) / len(shares) if shares else 1.0
 
     def _finish_log(self) -> None:
         for r in self.readers:
@@ -385,7 +409,9 @@ class ReplaySource(FixedPartitionedSource[KafkaRecord, dict[str, Any]]):
             r._consumer = _Closed()
         else:
             consumer.assign([TopicPartition(inp.topic, partition, offset)])
-            r.next_offset = offset
+            r.next_offset = r.first = offset
+            _, r.high = consumer.get_watermark_offsets(TopicPartition(inp.topic, partition),
+                                                       timeout=30)
         return r
 
 

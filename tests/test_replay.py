@@ -102,6 +102,31 @@ def test_files_merge_the_same_way_and_bad_lines_keep_their_place(tmp_path):
     ]
 
 
+def test_progress_is_logged_with_the_replay_clock_and_the_share_read(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="undertow.replay")
+    events = tmp_path / "events.jsonl"
+    labels = tmp_path / "labels.jsonl"
+    events.write_bytes(b"".join(ev(f"e{i}", 60_000 * i) + b"\n" for i in range(1, 9)))
+    labels.write_bytes(b"".join(ev(f"e{i}", 60_000 * i + 1) + b"\n" for i in range(1, 3)))
+    src = ReplaySource([FileInput(str(events), EVENT, "events")],
+                       [FileInput(str(labels), LABEL, "labels")], batch_size=1, lookahead=1,
+                       progress_every=4)
+    out, _ = drain(src)
+    assert len(out) == 10
+    lines = [r.getMessage().rsplit(",", 1)[0] for r in caplog.records
+             if "records emitted, replay clock" in r.getMessage()]
+    # After 4 records (e1 l1 e2 l2) the labels file is read to its end, and the events reader
+    # holds its head (e3) and one record of lookahead (e4): 4 of its 8 lines' bytes read. After
+    # 8, the events reader holds e7 and e8: both files are read.
+    ev_bytes = events.read_bytes().splitlines(keepends=True)
+    share = 100 * (1 + sum(map(len, ev_bytes[:4])) / events.stat().st_size) / 2
+    assert lines == [
+        "replay: 4 records emitted, replay clock 1970-01-01T00:02:00Z, "
+        f"{share:.1f}% of the inputs read",
+        "replay: 8 records emitted, replay clock 1970-01-01T00:06:00Z, 100.0% of the inputs read",
+    ]
+
+
 def test_start_and_end_on_tansu_scan_and_skip(kafka, two_by_two, caplog):
     caplog.set_level(logging.INFO, logger="undertow.replay")
     out, part = drain(kafka_replay(kafka, two_by_two, start_ms=20, end_ms=30))
@@ -147,6 +172,9 @@ class FakeKafka:
             idx = next((i for i, v in enumerate(recs) if orjson.loads(v)["ts"] >= tp.offset), -1)
             out.append(TopicPartition(tp.topic, tp.partition, idx))
         return out
+
+    def get_watermark_offsets(self, tp, timeout):
+        return 0, len(self.topics[tp.topic])
 
     def assign(self, tps):
         (tp,) = tps
