@@ -290,3 +290,8 @@ WINDOWS_CLOSED = Counter(
     "undertow_feature_windows_closed",
     "Tumbling/hopping windows closed by the event-time watermark and emitted.", ["step"],
 )
+WINDOW_MISSES = Counter(
+    "undertow_feature_window_misses",
+    "Records not added to a tumbling/hopping window that had already closed (a path that "
+    "started after the others).", ["step"],
+)

@@ -289,6 +289,14 @@ def model() -> db.Dashboard:
          .with_panel(big("Promotions in range", "Champion changes, by the promotion rule or a "
                          "control command.",
                          f"sum(increase(undertow_model_promotions_total{{{M}}}[$__range]))", w=8))
+         .with_panel(big("Checkpoints in range", "Model checkpoints written to the model "
+                         "directory (UNDERTOW_MODEL_DIR).",
+                         f"sum(increase(undertow_checkpoints_written_total{{{M}}}[$__range]))",
+                         w=8))
+         .with_panel(bars("Labels in the last checkpoint", "Labels each model had learned when "
+                          "its last checkpoint was written.",
+                          f"max by (model) (undertow_checkpoint_labels_learned{{{M}}})",
+                          "{{model}}", w=8))
          .with_panel(big("Replay reorder buffer", "Records an ordered (replay) model step holds "
                          "until the records before them arrive; 0 live.",
                          f"sum(undertow_replay_reorder_buffer{{{M}}})", w=8))
@@ -343,6 +351,18 @@ def features() -> db.Dashboard:
          .with_panel(ts("Entities evicted, by step", "Idle entities dropped from window state "
                         "per second.",
                         [(f"sum by (step) (rate(undertow_feature_entities_evicted_total[{RI}]))",
+                          "{{step}}")], unit="ops", w=8)))
+    d = (d.with_row(row("Tumbling and hopping windows"))
+         .with_panel(ts("Open windows, by step", "Windows not closed yet by the event-time "
+                        "watermark, summed over shards, workers and processes.",
+                        [("sum by (step) (undertow_feature_open_windows)", "{{step}}")], w=8))
+         .with_panel(ts("Windows closed, by step", "Closed window aggregates emitted to the "
+                        "features topic per second.",
+                        [(f"sum by (step) (rate(undertow_feature_windows_closed_total[{RI}]))",
+                          "{{step}}")], unit="ops", w=8))
+         .with_panel(ts("Window misses, by step", "Records not added to a window that had "
+                        "already closed (a path that started after the others).",
+                        [(f"sum by (step) (rate(undertow_feature_window_misses_total[{RI}]))",
                           "{{step}}")], unit="ops", w=8)))
     return d
 

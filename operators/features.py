@@ -15,6 +15,7 @@ order (ties by replay position, then event id), the order the data happened.
 from __future__ import annotations
 
 import itertools
+import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,13 +61,16 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
     def __init__(self, step_id: str, shard: str, state: GroupState) -> None:
         self.step_id = step_id
         self.shard = shard
+        self.via = f"{os.getpid()}.{shard}"  # unique per shard instance: a path to the next step
         self.state = state
         self._late = state.late
         self._evicted = state.evicted_entities
+        self._misses = state.window_misses
         self._closed = metrics.WINDOWS_CLOSED.labels(step=step_id)
 
     def on_batch(self, values: list[FeaturedEvent]) -> tuple[list[Any], bool]:
         update = self.state.update
+        via = self.via
         out: list[Any] = []
         windows: list[WindowAggregate] = []
         # Upstream steps group their output by key, so a batch can arrive out of event-time order;
@@ -74,7 +78,7 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         values.sort(key=_event_order)
         for fe in values:
             ev = fe.event
-            feats = update(ev.fields, ev.ts, ev.partition, windows)
+            feats = update(ev.fields, ev.ts, (ev.partition, fe.via), windows)
             if feats is None:
                 out.append(DeadLetter(
                     LATE_EVENT,
@@ -86,7 +90,7 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
                 continue
             merged = dict(fe.features)
             merged.update(feats)
-            out.append(FeaturedEvent(ev, merged))
+            out.append(FeaturedEvent(ev, merged, via))
         out.extend(windows)
         self._report(len(windows))
         return out, StatefulBatchLogic.RETAIN
@@ -101,6 +105,8 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         st = self.state
         if st.late != self._late:
             metrics.LATE_EVENTS.labels(step=self.step_id).inc(st.late - self._late)
+            metrics.DEAD_LETTERS.labels(step=self.step_id, reason=LATE_EVENT).inc(
+                st.late - self._late)
             self._late = st.late
         if st.evicted_entities != self._evicted:
             metrics.ENTITIES_EVICTED.labels(step=self.step_id).inc(
@@ -109,6 +115,9 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
             self._evicted = st.evicted_entities
         if closed:
             self._closed.inc(closed)
+        if st.window_misses != self._misses:
+            metrics.WINDOW_MISSES.labels(step=self.step_id).inc(st.window_misses - self._misses)
+            self._misses = st.window_misses
         metrics.STATE_SIZES.set(self.step_id, self.shard, len(st), st.records, len(st.open))
 
     def snapshot(self) -> GroupState:
@@ -129,7 +138,10 @@ def group_features(
     """Add one key group's rolling features to each event, as of its time; emit closed windows.
 
     ``partitions`` (called at run time, on the worker) gives the number of source partitions the
-    watermark waits for.
+    watermark waits for; pass it for the first step only. Later steps receive records along
+    several paths (one per upstream shard), each in order but interleaved with the others, and
+    keep one watermark per (source partition, path), so processing skew between workers never
+    makes a record late or closes a window early.
     """
     if shards <= 0:
         raise ValueError(f"group_features {step_id!r}: shards must be > 0, got {shards}")
@@ -137,6 +149,8 @@ def group_features(
     metrics.LATE_EVENTS.labels(step=step_id)
     metrics.ENTITIES_EVICTED.labels(step=step_id)
     metrics.WINDOWS_CLOSED.labels(step=step_id)
+    metrics.WINDOW_MISSES.labels(step=step_id)
+    metrics.declare_reasons(step_id)
     key = group.key
     keyed = op.key_on("shard", up, lambda fe: shard_of(entity_of(fe.event.fields, key), shards))
 
@@ -187,11 +201,12 @@ def spec_features(
     featured = op.map("start", up, lambda ev: FeaturedEvent(ev, {}))
     windows: list[Stream[WindowAggregate]] = []
     late: list[Stream[DeadLetter]] = []
-    for group in spec.groups():
+    for i, group in enumerate(spec.groups()):
         name = "_".join(group.key)
         out = group_features(
             f"{name}_features", featured, group=group, shards=shards,
-            allowed_lateness_ms=lateness, idle_ms=spec.idle_ms, partitions=partitions,
+            allowed_lateness_ms=lateness, idle_ms=spec.idle_ms,
+            partitions=partitions if i == 0 else None,
         )
         featured = out.featured
         windows.append(out.windows)

@@ -42,7 +42,10 @@ partitions it has seen, of the newest ``ts`` of each (a partition that has falle
 ``idle_ms`` behind the newest one stops holding it back, so an idle partition cannot stop
 windows from closing or state from being evicted). A record with ``ts`` older than
 ``watermark - allowed_lateness`` is **late**: it changes no window, is not served, and goes to
-the late side stream (the dead-letter topic, reason ``late_event``) and a counter. Within the
+the late side stream (the dead-letter topic, reason ``late_event``) and a counter. (The one
+exception is a record behind the watermark whose own partition or path is not behind by that
+much: the first records of a path that appears after the others, such as a worker that started
+later. It is served; windows already closed are not reopened for it, which is counted.) Within the
 lateness, an out-of-order record updates every window it belongs to, and is served as of its own
 time. Values already served are never revised: a record that arrives after an event was served
 is not in that event's values, whatever its ``ts``.
@@ -485,6 +488,7 @@ class GroupState:
         self.records = 0
         self.late = 0
         self.evicted_entities = 0
+        self.window_misses = 0
         self.open: dict[tuple[int, str, int], _WindowAgg] = {}
         self._closing: list[tuple[int, int, str, int]] = []  # (end, feature index, entity, start)
         # Rolling features by window width, so each window's bounds are found once per event.
@@ -498,9 +502,14 @@ class GroupState:
         """Add one record; return its rolling features as of ``ts``, or None if it is late.
         Windows the watermark closes are appended to ``out_windows``."""
         wm = self.wm.value
-        if wm is not None and ts < wm - self.lateness:
-            self.late += 1
-            return None
+        closed_upto = None if wm is None else wm - self.lateness
+        if closed_upto is not None and ts < closed_upto:
+            # Behind the watermark: late, unless its own path has just started (a path that
+            # appears after the others, e.g. a worker that started later, is not late data).
+            newest = self.wm.newest.get(partition)
+            if newest is not None and ts < newest - self.lateness:
+                self.late += 1
+                return None
         g = self.group
         entity = entity_of(fields, g.key)
         hist = self.entities.get(entity)
@@ -517,6 +526,9 @@ class GroupState:
             first = (ts - w.size_ms) // w.hop_ms + 1
             for k in range(first, ts // w.hop_ms + 1):
                 start = k * w.hop_ms
+                if closed_upto is not None and start + w.size_ms <= closed_upto:
+                    self.window_misses += 1  # that window is closed and emitted: not reopened
+                    continue
                 key = (i, entity, start)
                 agg = self.open.get(key)
                 if agg is None:

@@ -114,10 +114,16 @@ class Label(NamedTuple):
 
 
 class FeaturedEvent(NamedTuple):
-    """An event with the feature vector computed as of its own event time."""
+    """An event with the feature vector computed as of its own event time.
+
+    ``via`` names the feature-step shard that produced it ("" straight from the source): the
+    next feature step keeps one watermark per (source partition, ``via``) path, since records
+    reach it in order along each path but interleaved across paths.
+    """
 
     event: Event
     features: dict[str, float]
+    via: str = ""
 
 
 class Prediction(NamedTuple):
