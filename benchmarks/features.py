@@ -99,7 +99,7 @@ def main() -> None:
     grown = rss_mb() - before
     kept = sum(g.records for g in state.groups)
     ents = sum(len(g) for g in state.groups)
-    windows = sum(len(g.open) for g in state.groups)
+    windows = sum(g.open_windows for g in state.groups)
     print(f"features, plain loop: {a.events / loop_s:,.0f} events/s "
           f"({loop_s / a.events * 1e6:.2f} µs/event); state: {ents:,} entities, {kept:,} "
           f"records, {windows:,} open windows; resident set grew {grown:,.0f} MB "

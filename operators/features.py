@@ -118,7 +118,7 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         if st.window_misses != self._misses:
             metrics.WINDOW_MISSES.labels(step=self.step_id).inc(st.window_misses - self._misses)
             self._misses = st.window_misses
-        metrics.STATE_SIZES.set(self.step_id, self.shard, len(st), st.records, len(st.open))
+        metrics.STATE_SIZES.set(self.step_id, self.shard, len(st), st.records, st.open_windows)
 
     def snapshot(self) -> GroupState:
         return self.state
@@ -212,8 +212,10 @@ def spec_features(
         windows.append(out.windows)
         late.append(out.late)
 
+    transforms = spec.transforms()
+
     def done(fe: FeaturedEvent) -> FeaturedEvent:
-        return FeaturedEvent(fe.event, finish(spec, fe.features, fe.event.fields))
+        return FeaturedEvent(fe.event, finish(spec, fe.features, fe.event.fields, transforms))
 
     return FeaturesOut(
         op.map("finish", featured, done),

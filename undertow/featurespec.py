@@ -201,8 +201,8 @@ def validate(spec: FeatureSpec) -> None:
         if w.agg not in WINDOWED_AGGS:
             raise SpecError(f"{where}: unknown windowed agg {w.agg!r}; one of {WINDOWED_AGGS}")
         _check_common(where, w.key, w.agg, w.field)
-        if w.size_ms <= 0 or w.hop_ms <= 0 or w.hop_ms > w.size_ms:
-            raise SpecError(f"{where}: need 0 < hop <= size")
+        if w.size_ms <= 0 or w.hop_ms <= 0 or w.hop_ms > w.size_ms or w.size_ms % w.hop_ms:
+            raise SpecError(f"{where}: need 0 < hop <= size, size a multiple of hop")
         if w.distinct_bound <= 0:
             raise SpecError(f"{where}: distinct_bound must be > 0")
     for p in spec.passthrough:
@@ -363,17 +363,17 @@ class History:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def insert(self, ts: int, values: dict[str, Any]) -> int:
+    def insert(self, ts: int, fields: dict[str, Any]) -> int:
         tss = self.ts
         if not tss or ts >= tss[-1]:
             tss.append(ts)
             for f, col in self.cols.items():
-                col.append(values[f])
+                col.append(fields.get(f))
             return len(tss) - 1
         idx = bisect_right(tss, ts)
         tss.insert(idx, ts)
         for f, col in self.cols.items():
-            col.insert(idx, values[f])
+            col.insert(idx, fields.get(f))
         return idx
 
     def evict_through(self, horizon: int) -> int:
@@ -435,6 +435,37 @@ class _WindowAgg:
         if x > self.hi:
             self.hi = x
 
+    def merge(self, o: _WindowAgg, bound: int) -> None:
+        """Fold another pane's aggregate into this one (Chan et al.'s combination for the
+        mean and the sum of squared deviations)."""
+        if o.n == 0:
+            return
+        n = self.n + o.n
+        d = o.mean - self.mean
+        self.m2 += o.m2 + d * d * self.n * o.n / n
+        self.mean += d * o.n / n
+        self.n = n
+        self.total += o.total
+        self.lo = min(self.lo, o.lo)
+        self.hi = max(self.hi, o.hi)
+        if o.last_ts is not None and (self.last_ts is None or o.last_ts >= self.last_ts):
+            self.last_ts, self.last = o.last_ts, o.last
+        if o.seen is None and o.hll is None:
+            return
+        if self.hll is None and o.hll is None:
+            self.seen = (self.seen or set()) | o.seen  # type: ignore[operator]
+            if len(self.seen) <= bound:
+                return
+        from datasketch import HyperLogLog
+
+        merged = HyperLogLog(p=12)
+        for part in (self, o):
+            if part.hll is not None:
+                merged.merge(part.hll)
+            for v in part.seen or ():
+                merged.update(str(v).encode())
+        self.hll, self.seen = merged, None
+
     def value(self, agg: str) -> float:
         if agg == "count":
             return float(self.n)
@@ -489,7 +520,8 @@ class GroupState:
         self.late = 0
         self.evicted_entities = 0
         self.window_misses = 0
-        self.open: dict[tuple[int, str, int], _WindowAgg] = {}
+        self.panes: dict[tuple[int, str, int], _WindowAgg] = {}  # (feature, entity, pane start)
+        self._scheduled: set[tuple[int, str, int]] = set()  # open windows (feature, entity, start)
         self._closing: list[tuple[int, int, str, int]] = []  # (end, feature index, entity, start)
         # Rolling features by window width, so each window's bounds are found once per event.
         self._widths = sorted({f.window_ms for f in group.rolling})
@@ -517,24 +549,33 @@ class GroupState:
             hist = self.entities[entity] = History(g.fields)
         else:
             self.entities.move_to_end(entity)
-        values = {f: fields.get(f) for f in g.fields}
-        idx = hist.insert(ts, values)
+        idx = hist.insert(ts, fields)
         self.records += 1
-        feats = self._rolling(hist, idx, ts, values) if g.rolling else {}
+        feats = self._rolling(hist, idx, ts, fields) if g.rolling else {}
         for i, w in enumerate(g.windowed):
-            x = values.get(w.field) if w.field else None
-            first = (ts - w.size_ms) // w.hop_ms + 1
-            for k in range(first, ts // w.hop_ms + 1):
-                start = k * w.hop_ms
-                if closed_upto is not None and start + w.size_ms <= closed_upto:
-                    self.window_misses += 1  # that window is closed and emitted: not reopened
+            # Hopping windows are built from panes of one hop: a record updates one pane, and a
+            # window is the merge of its panes when it closes.
+            hop = w.hop_ms
+            pstart = ts // hop * hop
+            pkey = (i, entity, pstart)
+            size = w.size_ms
+            if closed_upto is not None and pstart + hop <= closed_upto:
+                # Windows holding this pane that are closed and emitted already miss the record.
+                closed = sum(1 for s in range(pstart - size + hop, pstart + 1, hop)
+                             if s + size <= closed_upto)
+                self.window_misses += closed
+                if closed == size // hop:
                     continue
-                key = (i, entity, start)
-                agg = self.open.get(key)
-                if agg is None:
-                    agg = self.open[key] = _WindowAgg()
-                    heappush(self._closing, (start + w.size_ms, i, entity, start))
-                agg.add(ts, x, w.agg, w.distinct_bound)
+            pane = self.panes.get(pkey)
+            if pane is None:
+                for s in range(pstart - size + hop, pstart + 1, hop):
+                    wkey = (i, entity, s)
+                    if (closed_upto is None or s + size > closed_upto) and (
+                            wkey not in self._scheduled):
+                        self._scheduled.add(wkey)
+                        heappush(self._closing, (s + size, i, entity, s))
+                pane = self.panes[pkey] = _WindowAgg()
+            pane.add(ts, fields.get(w.field) if w.field else None, w.agg, w.distinct_bound)
         wm = self.wm.update(partition, ts)
         if wm is not None:
             self._close(wm - self.lateness, out_windows)
@@ -547,7 +588,7 @@ class GroupState:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _rolling(self, hist: History, idx: int, ts: int, values: dict[str, Any]
+    def _rolling(self, hist: History, idx: int, ts: int, fields: dict[str, Any]
                  ) -> dict[str, float]:
         tss = hist.ts
         hi = idx + 1
@@ -568,19 +609,31 @@ class GroupState:
                 v = len(set(cols[f.field][lo:hi]))  # type: ignore[index]
             else:
                 xs = cols[f.field][lo:hi]  # type: ignore[index]
-                v = _numeric(agg, xs, tss, lo, ts, f, values)
+                v = _numeric(agg, xs, tss, lo, ts, f, fields)
             out[f.name] = v
         return out
 
     def _close(self, horizon: int | None, out: list[WindowAggregate]) -> None:
         closing = self._closing
         g = self.group
+        panes = self.panes
         while closing and (horizon is None or closing[0][0] <= horizon):
             end, i, entity, start = heappop(closing)
-            agg = self.open.pop((i, entity, start))
+            self._scheduled.discard((i, entity, start))
             w = g.windowed[i]
+            agg = _WindowAgg()
+            for p in range(start, end, w.hop_ms):
+                pane = panes.get((i, entity, p))
+                if pane is not None:
+                    agg.merge(pane, w.distinct_bound)
+            # The window starting at a pane is the last one that holds it.
+            panes.pop((i, entity, start), None)
             out.append(WindowAggregate(g.spec, w.name, entity, start, end, agg.value(w.agg),
                                        agg.n))
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._scheduled)
 
     def _evict(self, horizon: int) -> None:
         entities = self.entities
@@ -641,6 +694,7 @@ class SpecState:
         self.spec = spec
         self.groups = [GroupState(g, allowed_lateness_ms=spec.allowed_lateness_ms,
                                   idle_ms=spec.idle_ms) for g in spec.groups()]
+        self.transforms = spec.transforms()
 
     def update(self, fields: dict[str, Any], ts: int, partition: Any = None,
                windows: list[WindowAggregate] | None = None) -> dict[str, float] | None:
@@ -651,7 +705,7 @@ class SpecState:
             if f is None:
                 return None
             feats.update(f)
-        return finish(self.spec, feats, fields)
+        return finish(self.spec, feats, fields, self.transforms)
 
 
 def base_features(spec: FeatureSpec, fields: dict[str, Any]) -> dict[str, float]:
@@ -665,10 +719,12 @@ def base_features(spec: FeatureSpec, fields: dict[str, Any]) -> dict[str, float]
     return out
 
 
-def finish(spec: FeatureSpec, feats: dict[str, float], fields: dict[str, Any]) -> dict[str, float]:
-    """Add the pass-through and one-hot features, then apply the transforms."""
+def finish(spec: FeatureSpec, feats: dict[str, float], fields: dict[str, Any],
+           transforms: dict[str, str] | None = None) -> dict[str, float]:
+    """Add the pass-through and one-hot features, then apply the transforms (``transforms``:
+    ``spec.transforms()``, computed once by the caller)."""
     feats.update(base_features(spec, fields))
-    for name, t in spec.transforms().items():
+    for name, t in (transforms if transforms is not None else spec.transforms()).items():
         if t == "log1p":
             feats[name] = math.log1p(feats[name])
     return feats
