@@ -525,6 +525,8 @@ class GroupState:
         self._closing: list[tuple[int, int, str, int]] = []  # (end, feature index, entity, start)
         # Rolling features by window width, so each window's bounds are found once per event.
         self._widths = sorted({f.window_ms for f in group.rolling})
+        self._windowed = [(i, w.hop_ms, w.size_ms, w.field, w.agg, w.distinct_bound)
+                          for i, w in enumerate(group.windowed)]
 
     # -- the one entry point ----------------------------------------------------------------------
 
@@ -543,7 +545,8 @@ class GroupState:
                 self.late += 1
                 return None
         g = self.group
-        entity = entity_of(fields, g.key)
+        key = g.key
+        entity = str(fields[key[0]]) if len(key) == 1 else entity_of(fields, key)
         hist = self.entities.get(entity)
         if hist is None:
             hist = self.entities[entity] = History(g.fields)
@@ -552,13 +555,11 @@ class GroupState:
         idx = hist.insert(ts, fields)
         self.records += 1
         feats = self._rolling(hist, idx, ts, fields) if g.rolling else {}
-        for i, w in enumerate(g.windowed):
+        for i, hop, size, wfield, agg, bound in self._windowed:
             # Hopping windows are built from panes of one hop: a record updates one pane, and a
             # window is the merge of its panes when it closes.
-            hop = w.hop_ms
             pstart = ts // hop * hop
             pkey = (i, entity, pstart)
-            size = w.size_ms
             if closed_upto is not None and pstart + hop <= closed_upto:
                 # Windows holding this pane that are closed and emitted already miss the record.
                 closed = sum(1 for s in range(pstart - size + hop, pstart + 1, hop)
@@ -575,7 +576,7 @@ class GroupState:
                         self._scheduled.add(wkey)
                         heappush(self._closing, (s + size, i, entity, s))
                 pane = self.panes[pkey] = _WindowAgg()
-            pane.add(ts, fields.get(w.field) if w.field else None, w.agg, w.distinct_bound)
+            pane.add(ts, fields.get(wfield) if wfield else None, agg, bound)
         wm = self.wm.update(partition, ts)
         if wm is not None:
             self._close(wm - self.lateness, out_windows)
