@@ -10,6 +10,9 @@ On the deterministic workload (``WorkloadConfig(seed, n_events, n_cards)``):
   process (the pure logic: as the reference loop computes them);
 * **features, dataflow**: the :func:`operators.features.spec_features` operator in a Bytewax
   dataflow (``run_main``, one worker, 32 shards), decoded events in, featured events out;
+* **features, rolling only**: the same without the windowed (dashboard) aggregates, i.e. only
+  what the model is served;
+* **memory**: what the state holds after the run, measured with ``tracemalloc``;
 * **model step**: ``predict_proba_one`` then ``learn_one`` of the River model on the feature
   vectors the stage produced (a sample of ``--model-sample`` of them), i.e. what the model step
   spends per event on the model itself.
@@ -22,10 +25,11 @@ stage's cost per event to the model step's. Machines are shared and noisy: quote
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
-import resource
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +47,6 @@ from undertow.models import make_model  # noqa: E402
 from undertow.reference import FRAUD_SPEC  # noqa: E402
 from undertow.schema import Event  # noqa: E402
 from undertow.workload import WorkloadConfig, generate  # noqa: E402
-
-
-def rss_mb() -> float:
-    """The current resident set (not the peak), from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Count(StatelessSinkPartition):
@@ -90,21 +86,44 @@ def main() -> None:
     del w
     gc.collect()
 
-    # 1. The plain loop, with the resident-set growth of its state.
-    before = rss_mb()
+    # 1. The plain loop.
     state = SpecState(spec)
     update = state.update
     t = time.perf_counter()
     for ev in events:
         update(ev.fields, ev.ts)
     loop_s = time.perf_counter() - t
-    grown = rss_mb() - before
     kept = sum(g.records for g in state.groups)
     ents = sum(len(g) for g in state.groups)
     windows = sum(g.open_windows for g in state.groups)
     print(f"features, plain loop: {a.events / loop_s:,.0f} events/s "
-          f"({loop_s / a.events * 1e6:.2f} µs/event); state: {ents:,} entities, {kept:,} "
-          f"records, {windows:,} open windows; resident set grew {grown:,.0f} MB while it ran")
+          f"({loop_s / a.events * 1e6:.2f} µs/event); state at the end: {ents:,} entities, "
+          f"{kept:,} records, {windows:,} open windows")
+    del state
+    gc.collect()
+
+    # 1b. The same without the windowed (dashboard) features: what the model is served.
+    rolling_only = dataclasses.replace(spec, windowed=())
+    state = SpecState(rolling_only)
+    update = state.update
+    t = time.perf_counter()
+    for ev in events:
+        update(ev.fields, ev.ts)
+    roll_s = time.perf_counter() - t
+    print(f"features, plain loop, rolling features only: {a.events / roll_s:,.0f} events/s "
+          f"({roll_s / a.events * 1e6:.2f} µs/event)")
+    del state
+
+    # 1c. The state's memory: everything allocated while it is built and still held after.
+    gc.collect()
+    tracemalloc.start()
+    state = SpecState(spec)
+    for ev in events:
+        state.update(ev.fields, ev.ts)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(f"features state memory (tracemalloc): {held / 2**20:,.1f} MB held at the end, "
+          f"{peak / 2**20:,.1f} MB peak")
     del state
     gc.collect()
     sample = SpecState(spec)
@@ -134,7 +153,8 @@ def main() -> None:
     print(f"model step ({a.model}): {len(vectors) / model_s:,.0f} events/s "
           f"({per_model:.2f} µs/event: predict_proba_one + learn_one)")
     print(f"feature stage / model, per event: plain loop "
-          f"{loop_s / a.events * 1e6 / per_model:.2f}, dataflow "
+          f"{loop_s / a.events * 1e6 / per_model:.2f} (rolling only "
+          f"{roll_s / a.events * 1e6 / per_model:.2f}), dataflow "
           f"{flow_s / a.events * 1e6 / per_model:.2f}")
 
 
