@@ -59,6 +59,29 @@ def close(a: float, b: float) -> bool:
     return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
+SHARED = ("count", "sum", "mean", "var", "std", "min", "max", "distinct")
+
+
+def shared(agg: str, xs: list[float]) -> float:
+    """The aggregations rolling and windowed features define alike, from all the values."""
+    n = len(xs)
+    if agg == "count":
+        return float(n)
+    if agg == "sum":
+        return math.fsum(xs)
+    if agg == "mean":
+        return math.fsum(xs) / n
+    if agg in ("var", "std"):
+        m = math.fsum(xs) / n
+        var = math.fsum((v - m) ** 2 for v in xs) / (n - 1) if n > 1 else 0.0
+        return math.sqrt(var) if agg == "std" else var
+    if agg == "min":
+        return min(xs)
+    if agg == "max":
+        return max(xs)
+    return float(len(set(xs)))
+
+
 def oracle_rolling(f: Rolling, hist: list[tuple[int, int, float]], t: int, x: float,
                    me: int) -> float:
     """Recompute one rolling feature from the full history of the key (all arrived records)."""
@@ -67,54 +90,23 @@ def oracle_rolling(f: Rolling, hist: list[tuple[int, int, float]], t: int, x: fl
     xs = [r[2] for r in win]
     pos = [r[1] for r in win].index(me)
     prev = win[pos - 1] if pos > 0 else None
-    n = len(xs)
-    if f.agg == "count":
-        return float(n)
-    if f.agg == "sum":
-        return math.fsum(xs)
-    if f.agg == "mean":
-        return math.fsum(xs) / n
-    if f.agg in ("var", "std"):
-        m = math.fsum(xs) / n
-        var = math.fsum((v - m) ** 2 for v in xs) / (n - 1) if n > 1 else 0.0
-        return math.sqrt(var) if f.agg == "std" else var
-    if f.agg == "min":
-        return min(xs)
-    if f.agg == "max":
-        return max(xs)
+    if f.agg in SHARED:
+        return shared(f.agg, xs)
     if f.agg == "last":
         return prev[2] if prev else f.default
     if f.agg == "since_prev":
         return min(t - prev[0], f.window_ms) / 1000 if prev else f.window_ms / 1000
-    if f.agg == "distinct":
-        return float(len(set(xs)))
     if f.agg == "ratio":
-        mean = math.fsum(xs) / n
+        mean = math.fsum(xs) / len(xs)
         return x / mean if mean else 1.0
     ws = [2 ** (-(t - r[0]) / f.half_life_ms) for r in win]
     return math.fsum(w * v for w, v in zip(ws, xs, strict=True)) / math.fsum(ws)
 
 
 def oracle_window(w: Windowed, recs: list[tuple[int, int, float]]) -> float:
-    xs = [r[2] for r in recs]
-    n = len(xs)
-    if w.agg == "count":
-        return float(n)
-    if w.agg == "sum":
-        return math.fsum(xs)
-    if w.agg == "mean":
-        return math.fsum(xs) / n
-    if w.agg in ("var", "std"):
-        m = math.fsum(xs) / n
-        var = math.fsum((v - m) ** 2 for v in xs) / (n - 1) if n > 1 else 0.0
-        return math.sqrt(var) if w.agg == "std" else var
-    if w.agg == "min":
-        return min(xs)
-    if w.agg == "max":
-        return max(xs)
     if w.agg == "last":
         return max(recs, key=lambda r: (r[0], r[1]))[2]
-    return float(len(set(xs)))
+    return shared(w.agg, [r[2] for r in recs])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
