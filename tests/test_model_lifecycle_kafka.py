@@ -53,7 +53,8 @@ def event(i: int, ts: int) -> tuple[bytes, bytes, int]:
 
 
 def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics, tmp_path):
-    names = topics("events", "labels", "control", "predictions", "deadletter", "shadow")
+    names = topics("events", "labels", "control", "predictions", "deadletter", "shadow",
+                   "features")
     port = free_port()
     # A checkpoint to swap in: an untrained logistic regression (it scores 0.5), as version 7.
     fresh = ModelStore(tmp_path).write("fresh", linear_model.LogisticRegression(), version=7,
@@ -63,6 +64,7 @@ def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics, 
         UNDERTOW_LABEL_TTL_CLOCK="wall", UNDERTOW_LABEL_TTL_S="2",
         UNDERTOW_MODEL_NAME="champ", UNDERTOW_CHALLENGERS="bayes=nb",
         UNDERTOW_CONTROL_TOPIC=names["control"], UNDERTOW_SHADOW_TOPIC=names["shadow"],
+        UNDERTOW_FEATURES_TOPIC=names["features"],
         BYTEWAX_DATAFLOW_API_ENABLED="true", BYTEWAX_DATAFLOW_API_PORT=str(port),
     )
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"undertow-lifecycle-{port}.log"
@@ -115,6 +117,12 @@ def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics, 
                 [event(i, t0 + 3000 + i) for i in range(65, 70)])
         wait_for(port, "5 more predictions", lambda m: m.get(
             'undertow_predictions_total{model="bayes"}') == 70.0)
+        # An event two hours later moves the watermark past the hour of the first 70: the
+        # merchant's hourly window closes and goes to the features topic.
+        produce(kafka.bootstrap_servers, names["events"], [event(70, t0 + 2 * 3_600_000)])
+        wait_for(port, "the window to close", lambda m: m.get(
+            'undertow_feature_windows_closed_total{step="undertow_fraud.features.merchant_id_'
+            'features"}') == 1.0)
         assert proc.poll() is None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -124,18 +132,24 @@ def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics, 
     shadow = [orjson.loads(r.value()) for r in read_topic(kafka.bootstrap_servers,
                                                            names["shadow"])]
     by_id = {p["event_id"]: p for p in served}
-    assert len(by_id) == 70 and all(p["served"] for p in served)
+    assert len(by_id) == 71 and all(p["served"] for p in served)
     assert {by_id[f"w{i}"]["model"] for i in range(50)} == {"champ"}
-    assert {by_id[f"w{i}"]["model"] for i in range(50, 70)} == {"bayes"}
+    assert {by_id[f"w{i}"]["model"] for i in range(50, 71)} == {"bayes"}
     # Every prediction names the model and version that made it.
     assert {(by_id[f"w{i}"]["model_version"], by_id[f"w{i}"]["score"])
             for i in range(60, 65)} == {(7, 0.5)}
     assert {by_id[f"w{i}"]["model_version"] for i in range(65, 70)} == {1}
     assert {by_id[f"w{i}"]["score"] for i in range(65, 70)} != {0.5}
     assert {p["event_id"]: p["model"] for p in shadow} == {
-        f"w{i}": "bayes" if i < 50 else "champ" for i in range(70)}
+        f"w{i}": "bayes" if i < 50 else "champ" for i in range(71)}
     dead = read_topic(kafka.bootstrap_servers, names["deadletter"])
     got = sorted((dict(d.headers())["undertow.error.reason"], d.value()) for d in dead)
     assert got == [(b"bad_control", b'{"command":"fly"}'),
                    (b"bad_control", b'{"command":"rollback","model":"nobody"}')]
+    (window,) = [orjson.loads(r.value()) for r in read_topic(kafka.bootstrap_servers,
+                                                              names["features"])]
+    hour = t0 // 3_600_000 * 3_600_000
+    assert window == {"spec": "fraud", "feature": "merchant_amount_sum_1h", "key": "m1",
+                      "start": hour, "end": hour + 3_600_000,
+                      "value": sum(10.0 + i for i in range(70)), "count": 70}
     log.unlink()
