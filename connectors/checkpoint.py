@@ -2,10 +2,14 @@
 
 A checkpoint is a directory ``<root>/<model>/v<version>-n<labels learned>/`` holding
 ``model.pkl`` (the River model, pickled) and ``meta.json``: the model's name, class, version,
-labels learned, rolling quality at that moment, the model step's event-time clock, the wall time
-it was written and the SHA-256 of ``model.pkl``. Writes are atomic (a temporary directory renamed
-into place), loads verify the digest, and only the newest ``keep`` checkpoints of a model are
-kept, so the directory has an end too.
+labels learned, rolling quality at that moment, the model step's event-time clock, the feature
+spec it was served, the wall time it was written, the undertow version, a write sequence number
+and the SHA-256 of ``model.pkl``. Writes are atomic (a temporary directory renamed into place),
+loads verify the digest, and only the newest ``keep`` checkpoints of a model are kept, so the
+directory has an end too.
+
+"Newest" is the write order (``seq``), not the version: after a ``rollback`` the model step
+serves an older version again, and its next checkpoints are the latest ones.
 
 Pickle is what River models support for persistence (River's own docs save models this way);
 the digest catches a truncated or altered file, not a malicious one: load only checkpoints you
@@ -26,16 +30,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 FORMAT = 1
+log = logging.getLogger(__name__)
+
+
+def _undertow_version() -> str:
+    try:
+        return metadata.version("undertow")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 class CheckpointError(Exception):
@@ -61,12 +75,17 @@ class ModelStore:
         quality: dict[str, float] | None = None,
         clock_ms: int | None = None,
         wall_time: float | None = None,
+        feature_spec: str | None = None,
     ) -> Path:
-        """Write one checkpoint atomically and prune the oldest beyond ``keep``."""
+        """Write one checkpoint atomically and prune the oldest beyond ``keep``.
+
+        ``feature_spec`` names the spec whose features the model was served (bulk scoring
+        refuses another)."""
         _check_name(name)
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
         blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        existing = self.list(name)
         meta = {
             "format": FORMAT,
             "name": name,
@@ -75,7 +94,10 @@ class ModelStore:
             "labels_learned": labels_learned,
             "quality": quality or {},
             "clock_ms": clock_ms,
+            "feature_spec": feature_spec,
             "written_at": time.time() if wall_time is None else wall_time,
+            "undertow_version": _undertow_version(),
+            "seq": _seq(existing[-1]) + 1 if existing else 1,
             "sha256": hashlib.sha256(blob).hexdigest(),
         }
         final = model_dir / f"v{version:06d}-n{labels_learned:012d}"
@@ -83,9 +105,15 @@ class ModelStore:
         try:
             (tmp / "model.pkl").write_bytes(blob)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-            if final.exists():  # the same version and count again: replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if final.exists():
+                # The same version and count again (e.g. the first batch after a restart): move
+                # the old one aside first, so the name always holds a whole checkpoint.
+                aside = Path(tempfile.mkdtemp(prefix=".old-", dir=model_dir))
+                os.replace(final, aside / final.name)
+                os.replace(tmp, final)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -94,19 +122,24 @@ class ModelStore:
         return final
 
     def list(self, name: str) -> list[Path]:
-        """The checkpoints of ``name``, oldest first (by version, then labels learned)."""
+        """The checkpoints of ``name``, oldest first: in write order (``seq``), then by name;
+        one whose ``meta.json`` cannot be read comes first (it is pruned first)."""
         model_dir = self.root / name
         if not model_dir.is_dir():
             return []
-        return sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
+        found = [p for p in model_dir.iterdir() if p.is_dir() and p.name.startswith("v")]
+        return sorted(found, key=lambda p: (_seq(p), p.name))
 
     def latest(self, name: str) -> Path | None:
         found = self.list(name)
         return found[-1] if found else None
 
     def resolve(self, ref: str, name: str) -> Path:
-        """``latest`` (the newest checkpoint of ``name``), or a checkpoint path."""
-        if ref == "latest":
+        """``latest`` (the newest checkpoint of ``name``), ``<model>/latest`` (the newest of
+        another model), or a checkpoint path (absolute, or relative to the root)."""
+        if ref == "latest" or ref.endswith("/latest"):
+            if ref != "latest":
+                name = ref.removesuffix("/latest")
             path = self.latest(name)
             if path is None:
                 raise CheckpointError(f"no checkpoint of model {name!r} under {self.root}")
@@ -140,25 +173,43 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
 
 
 class Checkpointer:
-    """Called after every batch of the model step: writes each model's checkpoint when due."""
+    """Called after every batch of the model step: writes each model's checkpoint when due.
 
-    def __init__(self, store: ModelStore, policy: CheckpointPolicy) -> None:
+    The policy counts the labels the step has learned since it started (``counts.learned``, which
+    only grows: a promotion or a swap does not set it back). A write that fails (disk full,
+    permissions) is logged and counted in ``undertow_checkpoint_failures_total``; the dataflow
+    goes on serving and the next write is tried when due again."""
+
+    def __init__(
+        self, store: ModelStore, policy: CheckpointPolicy, *, feature_spec: str | None = None
+    ) -> None:
         self.store = store
         self.policy = policy
+        self.feature_spec = feature_spec
 
     def __call__(self, learner: Any) -> None:
         from connectors import metrics
 
-        learned = learner.labels_learned
+        learned = learner.counts.learned
         if not self.policy.due(learned):
             return
-        for slot in learner.slots.values():
-            self.store.write(
-                slot.name, slot.model, version=slot.version, labels_learned=slot.labels_learned,
-                quality=learner.quality(slot.name), clock_ms=learner.clock,
-            )
+        for slot in list(learner.slots.values()):
+            failures = metrics.CHECKPOINT_FAILURES.labels(model=slot.name)  # exported from 0
+            now = time.time()
+            try:
+                self.store.write(
+                    slot.name, slot.model, version=slot.version,
+                    labels_learned=slot.labels_learned, quality=learner.quality(slot.name),
+                    clock_ms=learner.clock, wall_time=now, feature_spec=self.feature_spec,
+                )
+            except OSError as ex:
+                log.warning("checkpoint of model %r failed: %s", slot.name, ex)
+                failures.inc()
+                continue
             metrics.CHECKPOINTS_WRITTEN.labels(model=slot.name).inc()
             metrics.CHECKPOINT_LABELS.labels(model=slot.name).set(slot.labels_learned)
+            metrics.CHECKPOINT_VERSION.labels(model=slot.name).set(slot.version)
+            metrics.CHECKPOINT_WRITTEN_AT.labels(model=slot.name).set(now)
         self.policy.done(learned)
 
 
@@ -194,6 +245,14 @@ class CheckpointPolicy:
     def done(self, labels_learned: int) -> None:
         self.last_labels = labels_learned
         self.last_at = self.clock()
+
+
+def _seq(path: Path) -> int:
+    """A checkpoint's write sequence number; -1 when its metadata cannot be read."""
+    try:
+        return int(json.loads((path / "meta.json").read_text()).get("seq", 0))
+    except (OSError, ValueError, AttributeError):
+        return -1
 
 
 def _check_name(name: str) -> None:

@@ -286,6 +286,18 @@ CHECKPOINT_LABELS = Gauge(
     "undertow_checkpoint_labels_learned", "Labels learned by the model in its last checkpoint.",
     ["model"],
 )
+CHECKPOINT_VERSION = Gauge(
+    "undertow_checkpoint_version", "Version of the model in its last checkpoint.", ["model"]
+)
+CHECKPOINT_WRITTEN_AT = Gauge(
+    "undertow_checkpoint_last_written_timestamp_seconds",
+    "Wall time (Unix seconds) the model's last checkpoint was written.", ["model"],
+)
+CHECKPOINT_FAILURES = Counter(
+    "undertow_checkpoint_failures",
+    "Checkpoint writes that failed (disk full, permissions); the dataflow goes on serving.",
+    ["model"],
+)
 WINDOWS_CLOSED = Counter(
     "undertow_feature_windows_closed",
     "Tumbling/hopping windows closed by the event-time watermark and emitted.", ["step"],

@@ -297,6 +297,19 @@ def model() -> db.Dashboard:
                           "its last checkpoint was written.",
                           f"max by (model) (undertow_checkpoint_labels_learned{{{M}}})",
                           "{{model}}", w=8))
+         .with_panel(bars("Version in the last checkpoint", "Version of each model when its "
+                          "last checkpoint was written.",
+                          f"max by (model) (undertow_checkpoint_version{{{M}}})",
+                          "{{model}}", w=8))
+         .with_panel(big("Time since last checkpoint", "Wall time since each model's last "
+                         "checkpoint was written.",
+                         f"time() - max by (model) ("
+                         f"undertow_checkpoint_last_written_timestamp_seconds{{{M}}})",
+                         "{{model}}", unit="s", w=8))
+         .with_panel(big("Checkpoint failures in range", "Checkpoint writes that failed (disk "
+                         "full, permissions); the dataflow goes on serving.",
+                         f"sum(increase(undertow_checkpoint_failures_total{{{M}}}[$__range]))",
+                         w=8, steps=[(None, "green"), (1, "red")]))
          .with_panel(big("Replay reorder buffer", "Records an ordered (replay) model step holds "
                          "until the records before them arrive; 0 live.",
                          f"sum(undertow_replay_reorder_buffer{{{M}}})", w=8))

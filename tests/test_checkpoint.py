@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import orjson
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
+from prometheus_client import REGISTRY
 from river import linear_model
 
 from connectors.checkpoint import (
@@ -72,6 +74,38 @@ def test_write_load_round_trip_retention_and_corruption(tmp_path):
         store.write("../x", lr.model, version=1, labels_learned=0)
 
 
+def test_latest_is_the_last_written_not_the_highest_version(tmp_path):
+    """After a rollback the step serves version 6 again: its new checkpoints are the latest, and
+    retention prunes in write order."""
+    store = ModelStore(tmp_path, keep=3)
+    model = make_model("logreg")
+    v7 = store.write("m", model, version=7, labels_learned=100, feature_spec="fraud")
+    v6 = [store.write("m", model, version=6, labels_learned=n) for n in (110, 120)]
+    assert store.list("m") == [v7, *v6] and store.latest("m") == v6[-1]
+    v6.append(store.write("m", model, version=6, labels_learned=130))
+    assert store.list("m") == v6  # v7, the oldest written, is pruned
+    assert not v7.exists() and [load_checkpoint(p)[1]["seq"] for p in v6] == [2, 3, 4]
+    # Metadata: the spec, the undertow version (pyproject.toml), the write sequence.
+    _, meta = load_checkpoint(v6[-1])
+    assert (meta["undertow_version"], meta["feature_spec"]) == ("0.1.0", None)
+    other = store.write("o", model, version=1, labels_learned=0, feature_spec="fraud")
+    assert store.resolve("o/latest", "m") == other
+    assert load_checkpoint(other)[1]["feature_spec"] == "fraud"
+
+
+def test_rewriting_the_same_checkpoint_replaces_it_whole(tmp_path):
+    store = ModelStore(tmp_path, keep=2)
+    lr = trained()
+    first = store.write("m", make_model("logreg"), version=1, labels_learned=50)
+    again = store.write("m", lr.model, version=1, labels_learned=50)
+    assert again == first and store.list("m") == [first]
+    model, meta = load_checkpoint(first)
+    assert meta["seq"] == 2
+    assert [model.predict_proba_one(x) for x in PROBES] == [
+        lr.model.predict_proba_one(x) for x in PROBES]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [first.name]
+
+
 def test_policy_counts_labels_and_seconds():
     now = [0.0]
     by_labels = CheckpointPolicy(100, None, clock=lambda: now[0])
@@ -102,6 +136,48 @@ def test_checkpointer_writes_every_model_with_its_quality(tmp_path):
             slot.model.predict_proba_one(x) for x in PROBES]
     ck(lr)  # not due again: no new labels
     assert len(ModelStore(tmp_path).list("m")) == 1
+
+
+def sample(name, model):
+    return REGISTRY.get_sample_value(name, {"model": model})
+
+
+def test_checkpointer_metrics_and_a_promotion_does_not_stop_it(tmp_path):
+    lr = trained(40)
+    ck = Checkpointer(ModelStore(tmp_path), CheckpointPolicy(10, None), feature_spec="fraud")
+    written = sample("undertow_checkpoints_written_total", "m") or 0.0
+    before = time.time()
+    ck(lr)
+    assert sample("undertow_checkpoints_written_total", "m") == written + 1
+    assert (sample("undertow_checkpoint_version", "m"),
+            sample("undertow_checkpoint_labels_learned", "m")) == (1.0, 40.0)
+    _, meta = load_checkpoint(ModelStore(tmp_path).latest("m"))
+    assert sample("undertow_checkpoint_last_written_timestamp_seconds", "m") == meta[
+        "written_at"] >= before
+    assert meta["feature_spec"] == "fraud"
+    # A challenger swapped in late becomes the champion: the champion's count drops to 0, but
+    # the step's learned labels only grow, so checkpoints go on every 10 labels.
+    lr.swap("late", make_model("logreg"), version=9)
+    lr.promote("late")
+    assert lr.labels_learned == 0
+    out: list = []
+    for i in range(40, 50):
+        lr.on_event(FeaturedEvent(Event(f"e{i}", "k", i * 10, {}), PROBES[i % 2]), out)
+        lr.on_label(Label(f"e{i}", "k", i * 10, bool(i % 2)), out)
+    ck(lr)
+    assert [p.name for p in ModelStore(tmp_path).list("late")] == ["v000009-n000000000010"]
+    assert [p.name for p in ModelStore(tmp_path).list("m")][-1] == "v000001-n000000000050"
+
+
+def test_a_failed_write_is_counted_and_does_not_stop_the_step(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    lr = trained(10)
+    ck = Checkpointer(ModelStore(blocker), CheckpointPolicy(5, None))
+    failed = sample("undertow_checkpoint_failures_total", "c") or 0.0
+    ck(lr)
+    assert sample("undertow_checkpoint_failures_total", "c") == failed + 1
+    assert not ck.policy.due(10)  # tried again at the next interval, not on every batch
 
 
 def records(items, topic):
