@@ -10,8 +10,14 @@ event as of its time, from the events before it in the input), then are scored i
 the model's ``predict_proba_many`` where River has it (``logreg``: one vectorised pass per batch)
 and ``predict_proba_one`` otherwise (trees). Nothing learns. Each output line is a prediction
 naming the checkpoint's model and version; malformed records go to ``--deadletters`` with their
-raw bytes (base64) and the reason. Missing inputs and bad checkpoints stop it with one line and
-exit status 2.
+raw bytes (base64) and the reason. Missing inputs, unreachable brokers, bad checkpoints and a
+checkpoint served with another feature spec (its ``meta.json`` names the spec) stop it with one
+line and exit status 2.
+
+``predict_proba_many`` takes a pandas DataFrame (pandas is what River's mini-batch methods take).
+It is used only when every row of a chunk has the same feature names; the spec serves a fixed set,
+so a ragged chunk (a model trained on other features) is scored row by row rather than with
+NaN columns, which would score differently from ``predict_proba_one``.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import bytewax.operators as op
 import pandas as pd
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import run_main
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from connectors.checkpoint import CheckpointError, load_checkpoint
 from connectors.files import JsonlSink, JsonlSource, dead_letter_json
-from connectors.kafka import kafka_source, partition_count
+from connectors.kafka import kafka_source
 from connectors.settings import ConfigError, Settings, load_settings
-from dataflows.fraud import featurize
+from dataflows.fraud import feature_spec, featurize
 from operators.decode import decode_events
 from undertow import fraud
 from undertow.schema import FeaturedEvent, Prediction
@@ -48,7 +56,7 @@ def score_batch_fn(
         out: list[Prediction] = []
         for i in range(0, len(batch), batch_size):
             chunk = batch[i:i + batch_size]
-            if many is not None:
+            if many is not None and _same_names(chunk):
                 probs = many(pd.DataFrame([fe.features for fe in chunk]))
                 scores = probs[True].tolist() if True in probs else [0.0] * len(chunk)
             else:
@@ -62,6 +70,39 @@ def score_batch_fn(
         return out
 
     return score
+
+
+def _same_names(chunk: list[FeaturedEvent]) -> bool:
+    first = chunk[0].features.keys()
+    return all(fe.features.keys() == first for fe in chunk)
+
+
+def topic_partitions(settings: Settings, topic: str, timeout: float = 5.0) -> int:
+    """How many partitions ``topic`` has; a ConfigError if it does not exist or the brokers
+    cannot be reached (librdkafka's connection log is kept off the terminal)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         **settings.librdkafka()}, logger=_QUIET)
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except KafkaException as ex:
+        raise ConfigError(f"--brokers: cannot reach {settings.kafka_bootstrap_servers}: "
+                          f"{ex.args[0].str() if ex.args else ex}") from None
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        raise ConfigError(f"--topic: topic {topic!r} does not exist")
+    return len(t.partitions)
+
+
+class _Quiet:
+    """A logger for librdkafka that drops its lines: the one error line is ours."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    debug = info = warning = error = critical = exception = log
+
+
+_QUIET = _Quiet()
 
 
 def build_flow(
@@ -103,11 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         if a.brokers:
             overrides["kafka_bootstrap_servers"] = a.brokers
         settings = load_settings(**overrides)
+        spec = feature_spec(settings)
+        trained_on = meta.get("feature_spec")
+        if trained_on is not None and trained_on != spec.name:
+            raise ConfigError(f"UNDERTOW_FEATURE_SPEC: the checkpoint was served the features "
+                              f"of spec {trained_on!r}, this run computes spec {spec.name!r}")
         if a.input:
             source: Any = JsonlSource(a.input, name="events")
         else:
-            if partition_count(settings, a.topic) is None:
-                raise ConfigError(f"--topic: topic {a.topic!r} does not exist")
+            topic_partitions(settings, a.topic)
             source = kafka_source(settings, a.topic)
     except (CheckpointError, ConfigError, OSError) as ex:
         print(f"undertow score: {ex}", file=sys.stderr)
