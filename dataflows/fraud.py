@@ -170,13 +170,17 @@ def featurize(
     )
 
 
-def checkpointer(s: Settings, *, replay: bool) -> Checkpointer | None:
+def checkpointer(
+    s: Settings, *, replay: bool, scenario: Scenario = FRAUD
+) -> Checkpointer | None:
     """Checkpoints every N labels and/or T seconds; a replay uses labels only (deterministic)."""
     every_s = None if replay or not s.checkpoint_every_s else s.checkpoint_every_s
     every_labels = s.checkpoint_every_labels or None
     if not s.model_dir or (every_s is None and every_labels is None):
         return None
-    return Checkpointer(_store(s), CheckpointPolicy(every_labels, every_s))
+    # The spec's name goes into meta.json: bulk scoring refuses a model served other features.
+    return Checkpointer(_store(s), CheckpointPolicy(every_labels, every_s),
+                        feature_spec=feature_spec(s, scenario).name)
 
 
 def build_flow(
@@ -245,7 +249,7 @@ def build_flow(
         "model", featured, labels.oks, model_name=s.model_name, make_learner=learner_at_run_time,
         controls=controls, gaps=gaps, ordered=replay is not None,
         load_model=model_loader(s) if s.model_dir else None,
-        after_batch=checkpointer(s, replay=replay is not None),
+        after_batch=checkpointer(s, replay=replay is not None, scenario=scenario),
     )
 
     op.output("predictions_out", served.predictions, sinks.get("predictions") or prediction_sink(s))

@@ -208,6 +208,7 @@ def test_a_dataflow_checkpoints_and_another_starts_from_the_latest(tmp_path):
     latest = store.latest("ck")
     model, meta = load_checkpoint(latest)
     assert len(store.list("ck")) == 3 and meta["labels_learned"] == len(lb1)
+    assert meta["feature_spec"] == "fraud"  # the spec the model was served, for bulk scoring
     # The last checkpoint is the model the plain loop ends with after the same events and labels.
     ref_model = make_model("logreg")
     run_reference(ev1, lb1, ref_model)
