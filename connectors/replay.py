@@ -215,7 +215,10 @@ class _KafkaReader(_Reader):
         return min(max(self.next_offset - self.first, 0), total - 1), total
 
     def fill(self) -> None:
-        for msg in self._consumer.consume(self._batch, 1.0):
+        # consume() returns when it has the whole batch or at its timeout, even when the
+        # partition's EOF is among what it got: a short timeout keeps a partition's last, partial
+        # batch from waiting (head() calls again while nothing came and the partition is not done).
+        for msg in self._consumer.consume(self._batch, 0.05):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
