@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         replay = ReplaySource(events, labels, start_ms=start, end_ms=end,
                               progress_every=a.progress_every)
         report = run_backtest(replay, Path(a.out), models=models, mark_ms=mark,
-                              meta={"start": a.start or "", "end": a.end or ""})
+                              meta={"start": a.start or "the beginning",
+                                    "end": a.end or "the end of the inputs"})
     except ConfigError as ex:
         print(f"undertow backtest: {ex}", file=sys.stderr)
         return 2

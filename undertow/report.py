@@ -173,24 +173,27 @@ def _plots(report: dict[str, Any], mark_ms: int | None) -> list[tuple[str, str]]
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     for m in models:
         pts = [((r["from_ms"] - t0) / 3.6e6, r) for r in m["rolling"]]
+        color = None
         for ax, key in zip(axes, ("roc_auc", "accuracy"), strict=True):
             xs = [x for x, r in pts if r[key] is not None]
             ys = [r[key] for _, r in pts if r[key] is not None]
             name = f"{m['model']}{' (champion)' if m['champion'] else ''}"
-            ax.plot(xs, ys, marker=".", label=name)
+            (line,) = ax.plot(xs, ys, marker=".", label=name, color=color)
+            color = line.get_color()
         for d in m["drift"]:
             if d["stream"] == "error" and d["direction"] == "up":
                 adwin = d["detector"] == "adwin"
-                axes[0].axvline((d["ts_ms"] - t0) / 3.6e6, color="red" if adwin else "orange",
-                                linestyle="-" if adwin else ":", alpha=0.5, linewidth=1)
+                for ax in axes:
+                    ax.axvline((d["ts_ms"] - t0) / 3.6e6, color=color,
+                               linestyle="-" if adwin else ":", alpha=0.8, linewidth=1.5)
     if mark_ms is not None:
         for ax in axes:
             ax.axvline((mark_ms - t0) / 3.6e6, color="black", linestyle="--", linewidth=1)
     axes[0].set_ylabel("ROC AUC")
     axes[1].set_ylabel("accuracy")
-    axes[1].set_xlabel(f"event time (hours since {iso(t0)}); error-up detections: red ADWIN, "
-                       "orange Page-Hinkley"
-                       + ("; dashed: marked time" if mark_ms is not None else ""))
+    axes[1].set_xlabel(f"event time (hours since {iso(t0)}); vertical lines: a model's error-up "
+                       "drift detections (solid ADWIN, dotted Page-Hinkley)"
+                       + ("; dashed black: marked time" if mark_ms is not None else ""))
     axes[0].legend(loc="lower left", fontsize=8)
     out.append(("Rolling quality over event time", _svg(fig)))
     plt.close(fig)
