@@ -122,8 +122,15 @@ def test_the_workload_drift_shows_in_the_report(tmp_path, drifting):
     dom = chromium.dump_dom(page)
     assert dom.count("<svg") == 3 and "Drift detections" in dom and "lr ★" in dom
     png = chromium.screenshot(page, tmp_path / "report.png")
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a page, not a blank
+    # A page, not a blank: the window's size, many colours (text antialiasing, plots), and
+    # matplotlib's first colour (the model's line and the histogram's bars) drawn in quantity.
+    # Pillow comes with matplotlib.
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == (1200, 2400)
+        colours = dict((c, n) for n, c in im.convert("RGB").getcolors(1 << 24))
+    assert len(colours) > 200 and colours.get((31, 119, 180), 0) > 10_000
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
