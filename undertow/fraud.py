@@ -5,7 +5,8 @@ mean of ``amount`` over the last 10 minutes and hour and the seconds since the c
 event, the amount over the card's hourly mean, and per merchant the event count over 10 minutes.
 Amount-valued and time-gap features are served as ``log1p`` of their value: a linear model on
 raw amounts is dominated by a few large ones (ROC AUC after the drift 0.75 raw vs 0.89 with logs,
-seed 7). Closed hourly windows per merchant (amount sum, distinct cards) go to the features topic.
+seed 7). A closed hourly tumbling window per merchant (the amount sum) goes to the features
+topic.
 """
 
 from __future__ import annotations
