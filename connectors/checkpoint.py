@@ -41,6 +41,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from undertow.errors import CheckpointError
+
 FORMAT = 1
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,6 @@ def _undertow_version() -> str:
         return metadata.version("undertow")
     except metadata.PackageNotFoundError:  # run from a source tree that is not installed
         return "unknown"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read: missing, corrupt, or of another format."""
 
 
 class ModelStore:

@@ -29,16 +29,10 @@ from pydantic import (
     field_validator,
 )
 
+from undertow.errors import ConfigError, UndertowError  # noqa: F401 (re-exported)
+
 PREFIX = "UNDERTOW_"
 KAFKA_OPT_PREFIX = f"{PREFIX}KAFKA_OPT_"
-
-
-class UndertowError(Exception):
-    """Base class of the project's own exceptions."""
-
-
-class ConfigError(UndertowError):
-    """A setting is missing or invalid; the message is one line naming the variable."""
 
 
 class Settings(BaseModel):

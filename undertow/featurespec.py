@@ -72,6 +72,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from undertow.errors import SpecError
+
 ROLLING_AGGS = ("count", "sum", "mean", "var", "std", "min", "max", "last", "since_prev",
                 "distinct", "ewm", "ratio")
 WINDOWED_AGGS = ("count", "sum", "mean", "var", "std", "min", "max", "last", "distinct")
@@ -79,10 +81,6 @@ TRANSFORMS = (None, "log1p")
 _NEEDS_FIELD = {"sum", "mean", "var", "std", "min", "max", "last", "distinct", "ewm", "ratio"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-class SpecError(ValueError):
-    """A spec that cannot be built: names the feature and what is wrong."""
 
 
 def duration_ms(text: str | int, what: str) -> int:
