@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.workload import WorkloadConfig, generate  # noqa: E402
 from undertow.drift import ConceptDrift  # noqa: E402
 from undertow.models import make_model  # noqa: E402
 from undertow.reference import run_reference  # noqa: E402
-from undertow.workload import WorkloadConfig, generate  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ What it measures, all in one process and one invocation:
   N / its seconds; latency = per-event compute time (features + ``predict_proba_one``). It runs
   once before and once after the dataflow; both are printed and the faster one is the ceiling,
   to be fair against a noisy machine.
-* **dataflow**: an :class:`~connectors.broker.EmbeddedKafka` broker gets ``events`` and
+* **dataflow**: an :class:`~harness.kafka.EmbeddedKafka` broker gets ``events`` and
   ``labels`` topics (``--partitions`` each) and ``predictions``/``deadletter`` (1 each); the
   deterministic workload (``WorkloadConfig(seed, n_events=N)``) is written to it *before* the
   clock starts (key = ``card_id``, timestamp = record ts). Then the real dataflow
@@ -65,16 +65,16 @@ import orjson  # noqa: E402
 from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 
-from connectors.broker import EmbeddedKafka, count_records  # noqa: E402
-from connectors.generate import KafkaSink  # noqa: E402
-from connectors.generate import run as write_workload  # noqa: E402
 from connectors.kafka import KafkaRecord, ProducerSink, encode_prediction  # noqa: E402
 from connectors.settings import Settings, load_settings  # noqa: E402
 from dataflows.fraud import build_flow  # noqa: E402
+from harness.generate import KafkaSink  # noqa: E402
+from harness.generate import run as write_workload  # noqa: E402
+from harness.kafka import EmbeddedKafka, count_records  # noqa: E402
+from harness.workload import Workload, WorkloadConfig, generate  # noqa: E402
 from undertow.models import MODELS, make_model  # noqa: E402
 from undertow.reference import run_reference  # noqa: E402
 from undertow.schema import Prediction  # noqa: E402
-from undertow.workload import Workload, WorkloadConfig, generate  # noqa: E402
 
 #: Records per TestingSource batch: the Kafka source's default ``source_batch_size``.
 BATCH = 1000

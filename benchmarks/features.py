@@ -42,12 +42,12 @@ from bytewax.dataflow import Dataflow  # noqa: E402
 from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.testing import TestingSource, run_main  # noqa: E402
 
+from harness.workload import WorkloadConfig, generate  # noqa: E402
 from operators.features import spec_features  # noqa: E402
 from undertow.featurespec import SpecState, load_spec  # noqa: E402
 from undertow.models import make_model  # noqa: E402
 from undertow.reference import FRAUD_SPEC  # noqa: E402
 from undertow.schema import Event  # noqa: E402
-from undertow.workload import WorkloadConfig, generate  # noqa: E402
 
 
 class _Count(StatelessSinkPartition):

@@ -40,12 +40,12 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 
 from benchmarks.e2e import environment, run_on_kafka, run_without_kafka  # noqa: E402
-from connectors.broker import EmbeddedKafka  # noqa: E402
 from connectors.replay import EVENT, LABEL, FileInput, KafkaInput, ReplaySource  # noqa: E402
 from connectors.settings import load_settings  # noqa: E402
 from dataflows.backtest import run_backtest  # noqa: E402
+from harness.kafka import EmbeddedKafka  # noqa: E402
+from harness.workload import Workload, WorkloadConfig, generate  # noqa: E402
 from undertow.models import MODELS  # noqa: E402
-from undertow.workload import Workload, WorkloadConfig, generate  # noqa: E402
 
 
 def replay_result(name: str, w: Workload, replay: ReplaySource, model: str,

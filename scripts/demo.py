@@ -32,10 +32,10 @@ import orjson  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from river import metrics as rm  # noqa: E402
 
-from connectors.broker import EmbeddedKafka, free_port, read_topic  # noqa: E402
-from connectors.generate import KafkaSink  # noqa: E402
-from connectors.generate import run as write_workload
-from undertow.workload import WorkloadConfig, drift_index  # noqa: E402
+from harness.generate import KafkaSink  # noqa: E402
+from harness.generate import run as write_workload
+from harness.kafka import EmbeddedKafka, free_port, read_topic  # noqa: E402
+from harness.workload import WorkloadConfig, drift_index  # noqa: E402
 
 DRIFT_UP = "undertow_concept_drift_detections_total"
 UP = {"detector": "adwin", "stream": "error", "direction": "up"}

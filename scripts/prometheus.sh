@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/python -m connectors.prometheus --ensure-installed
+.venv/bin/python -m harness.prometheus --ensure-installed
 repo="$(pwd)"
 cat <<INFO
 Grafana (not included): load the dashboards in dashboards/grafana/ either by
@@ -23,4 +23,4 @@ Grafana (not included): load the dashboards in dashboards/grafana/ either by
   * import: Dashboards > New > Import, upload each dashboards/grafana/*.json and pick a
     Prometheus data source pointing at the URL printed below.
 INFO
-exec .venv/bin/python -m connectors.prometheus --config dashboards/prometheus.yml "$@"
+exec .venv/bin/python -m harness.prometheus --config dashboards/prometheus.yml "$@"

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from connectors.broker import EmbeddedKafka
+from harness.kafka import EmbeddedKafka
 
 #: ``topics("events", "labels", partitions=3)`` -> ``{"events": "events-<test>-<id>", ...}``
 TopicFactory = Callable[..., dict[str, str]]

@@ -13,12 +13,12 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from connectors import chromium
 from connectors.replay import EVENT, LABEL, FileInput, KafkaInput, ReplaySource
 from dataflows.backtest import run_backtest
+from harness import chromium
+from harness.workload import WorkloadConfig, generate
 from undertow.models import make_model
 from undertow.reference import run_reference
-from undertow.workload import WorkloadConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("predictions.jsonl", "deadletters.jsonl", "report.json", "report.html")

@@ -1,4 +1,4 @@
-"""Tests of the embedded broker (connectors/broker.py) against a real Tansu process.
+"""Tests of the embedded broker (harness/kafka.py) against a real Tansu process.
 
 Two kinds of tests live here:
 
@@ -6,7 +6,7 @@ Two kinds of tests live here:
   CreateTime timestamps; counts are exact; groups commit and resume; ...);
 * ``test_tansu_gap_*``: facts about this Tansu build where it differs from Kafka.
   They assert the *wrong* behaviour on purpose: when one fails, Tansu was fixed, so
-  update the module docstring of connectors/broker.py and the README, then the test.
+  update the module docstring of harness/kafka.py and the README, then the test.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import ConfigResource, NewPartitions, NewTopic
 
-from connectors.broker import (
+from harness.kafka import (
     BrokerError,
     EmbeddedKafka,
     PartitionScan,
@@ -176,7 +176,7 @@ def test_start_then_stop_kills_only_its_own_process() -> None:
 
 def test_atexit_stops_a_forgotten_broker() -> None:
     script = (
-        "from connectors.broker import EmbeddedKafka\n"
+        "from harness.kafka import EmbeddedKafka\n"
         "broker = EmbeddedKafka().start()\n"
         "print(broker.pid, broker.port, flush=True)\n"
     )
@@ -212,7 +212,7 @@ def test_start_failure_names_binary_port_and_log_tail() -> None:
 def test_cli_prints_bootstrap_and_stops_on_sigterm(tmp_path: Path) -> None:
     pid_file = tmp_path / "kafka.pid"
     cli = subprocess.Popen(
-        [sys.executable, "-m", "connectors.broker", "--topics", "a,b",
+        [sys.executable, "-m", "harness.kafka", "--topics", "a,b",
          "--partitions", "2", "--pid-file", str(pid_file)],
         cwd=REPO,
         stdout=subprocess.PIPE,

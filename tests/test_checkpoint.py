@@ -23,11 +23,11 @@ from connectors.checkpoint import (
 from connectors.kafka import KafkaRecord
 from connectors.settings import ConfigError, load_settings
 from dataflows.fraud import build_flow
+from harness.workload import WorkloadConfig, generate
 from undertow.learning import OnlineLearner
 from undertow.models import make_model
 from undertow.reference import run_reference
 from undertow.schema import Event, FeaturedEvent, Label
-from undertow.workload import WorkloadConfig, generate
 
 PROBES = [{"x": 0.3, "y": -1.0}, {"x": 2.0, "y": 0.5}]
 

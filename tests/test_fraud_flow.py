@@ -10,10 +10,10 @@ from prometheus_client import REGISTRY
 from connectors.kafka import KafkaRecord
 from connectors.settings import load_settings
 from dataflows.fraud import build_flow
+from harness.workload import WorkloadConfig, generate, malformed_records
 from undertow.models import make_model
 from undertow.reference import run_reference
 from undertow.schema import DeadLetter, Prediction
-from undertow.workload import WorkloadConfig, generate, malformed_records
 
 
 def msgs(values: list[bytes], topic: str) -> list[KafkaRecord]:

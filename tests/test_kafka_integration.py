@@ -16,10 +16,10 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
-from connectors.broker import EmbeddedKafka, free_port, read_topic
 from connectors.settings import load_settings
 from dataflows.fraud import build_flow
-from undertow.workload import WorkloadConfig, generate, malformed_records
+from harness.kafka import EmbeddedKafka, free_port, read_topic
+from harness.workload import WorkloadConfig, generate, malformed_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TTL_S = 600.0

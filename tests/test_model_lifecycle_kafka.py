@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 from river import linear_model
 
-from connectors.broker import EmbeddedKafka, free_port, read_topic
 from connectors.checkpoint import ModelStore
+from harness.kafka import EmbeddedKafka, free_port, read_topic
 from tests.test_kafka_integration import dataflow_env, produce
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -270,7 +270,7 @@ def test_fraud_flow_with_a_challenger_serves_the_champion_and_exports_per_model_
     from dataflows.fraud import build_flow
     from undertow.models import make_model
     from undertow.reference import run_reference
-    from undertow.workload import WorkloadConfig, generate
+    from harness.workload import WorkloadConfig, generate
 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

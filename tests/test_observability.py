@@ -27,19 +27,19 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors import prometheus as prometheus_mod
-from connectors.broker import EmbeddedKafka, free_port
-from connectors.generate import KafkaSink
-from connectors.generate import run as write_workload
-from connectors.prometheus import (
+from dashboards import build
+from harness import prometheus as prometheus_mod
+from harness.generate import KafkaSink
+from harness.generate import run as write_workload
+from harness.kafka import EmbeddedKafka, free_port
+from harness.prometheus import (
     PrometheusServer,
     ensure_installed,
     promtool_check_config,
     promtool_check_rules,
     with_targets,
 )
-from dashboards import build
-from undertow.workload import WorkloadConfig
+from harness.workload import WorkloadConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM_CONFIG = ROOT / "dashboards" / "prometheus.yml"

@@ -36,12 +36,12 @@ from typing import Any
 
 import orjson
 
-from connectors.broker import EmbeddedKafka, free_port, read_topic
+from harness.kafka import EmbeddedKafka, free_port, read_topic
+from harness.workload import WorkloadConfig, generate
 from tests.test_kafka_integration import dataflow_env, produce
 from tests.test_model_lifecycle_kafka import wait_for
 from undertow.featurespec import SpecState, load_spec
 from undertow.reference import FRAUD_SPEC
-from undertow.workload import WorkloadConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_STEP = "undertow_fraud.model.learner"  # the stateful_batch step's id in Bytewax

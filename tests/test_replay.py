@@ -9,9 +9,9 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from connectors.broker import EmbeddedKafka
 from connectors.replay import EVENT, LABEL, FileInput, KafkaInput, ReplaySource
 from connectors.settings import ConfigError
+from harness.kafka import EmbeddedKafka
 
 
 def drain(src: ReplaySource, resume=None, *, upto: int | None = None):

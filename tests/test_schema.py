@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.workload import malformed_records
 from undertow.schema import FRAUD_EVENTS, DeadLetter, Event, Label, decode_event, decode_label
-from undertow.workload import malformed_records
 
 GOOD = {"event_id": "e1", "card_id": "c1", "merchant_id": "m1", "amount": 12.5,
         "channel": "pos", "ts": 1_700_000_000_000}

@@ -1,4 +1,4 @@
-"""Tests for the synthetic workload (undertow.workload) and its CLI (connectors.generate)."""
+"""Tests for the synthetic workload (harness.workload) and its CLI (harness.generate)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import linear_model, preprocessing
 
-from connectors.generate import JsonlSink, malformed_positions, run
-from undertow.workload import (
+from harness.generate import JsonlSink, malformed_positions, run
+from harness.workload import (
     CHANNELS,
     DEFAULT_START_MS,
     EVENT_FIELDS,
@@ -519,7 +519,7 @@ def test_fraud_is_learnable_from_windowed_features_and_the_drift_is_real() -> No
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "connectors.generate", *args],
+        [sys.executable, "-m", "harness.generate", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -11,8 +11,8 @@ with its storage in a temporary directory, and stops it by its own PID; it never
 
 From a shell::
 
-    python -m connectors.prometheus --ensure-installed     # quiet and idempotent (scripts/test.sh)
-    python -m connectors.prometheus --config dashboards/prometheus.yml --port 9090
+    python -m harness.prometheus --ensure-installed     # quiet and idempotent (scripts/test.sh)
+    python -m harness.prometheus --config dashboards/prometheus.yml --port 9090
     # serves until Ctrl-C (scripts/prometheus.sh does this)
 
 The configuration is used as written, except that :func:`with_targets` can replace the one
@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from connectors import debian
+from harness import debian
 
 __all__ = [
     "PrometheusError",
@@ -77,7 +77,7 @@ def find_binary(name: str) -> str | None:
 
 def ensure_installed(*, quiet: bool = True) -> tuple[str, str]:
     """Paths of ``prometheus`` and ``promtool``, installing Debian's package if either is missing
-    (:func:`connectors.debian.apt_install`: root only; otherwise it says what to run)."""
+    (:func:`harness.debian.apt_install`: root only; otherwise it says what to run)."""
     prom, tool = find_binary("prometheus"), find_binary("promtool")
     if prom and tool:
         return prom, tool
@@ -94,7 +94,7 @@ def ensure_installed(*, quiet: bool = True) -> tuple[str, str]:
 def _promtool(*args: str) -> str:
     tool = find_binary("promtool")
     if tool is None:
-        raise PrometheusError("promtool is not installed (python -m connectors.prometheus "
+        raise PrometheusError("promtool is not installed (python -m harness.prometheus "
                               "--ensure-installed)")
     r = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=False)
     output = (r.stdout + r.stderr).strip()
@@ -192,7 +192,7 @@ class PrometheusServer:
     def start(self, timeout: float = STARTUP_TIMEOUT) -> Self:
         binary = find_binary("prometheus")
         if binary is None:
-            raise PrometheusError("prometheus is not installed (python -m connectors.prometheus "
+            raise PrometheusError("prometheus is not installed (python -m harness.prometheus "
                                   "--ensure-installed)")
         self.workdir = Path(tempfile.mkdtemp(prefix="undertow-prometheus-"))
         text = self.config_source.read_text()
@@ -344,7 +344,7 @@ class PrometheusServer:
 # -- command line ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m connectors.prometheus",
+        prog="python -m harness.prometheus",
         description="Install Prometheus (Debian package), or run one with a config until Ctrl-C.",
     )
     ap.add_argument("--ensure-installed", action="store_true",

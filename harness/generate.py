@@ -1,10 +1,10 @@
 """Write a synthetic card-transaction workload to Kafka or to JSONL files.
 
-    python -m connectors.generate --events 100000 --to kafka
-    python -m connectors.generate --events 20000 --to jsonl --out-dir run/workload
-    python -m connectors.generate --rate 500 --malformed 20        # paced, with dead letters
+    python -m harness.generate --events 100000 --to kafka
+    python -m harness.generate --events 20000 --to jsonl --out-dir run/workload
+    python -m harness.generate --rate 500 --malformed 20        # paced, with dead letters
 
-Records come from :mod:`undertow.workload` in merged time order (an event at
+Records come from :mod:`harness.workload` in merged time order (an event at
 its ts, a label at its label ts, labels first at ties), so labels become due
 as the stream reaches their time. Kafka messages are keyed by ``card_id`` and
 carry the record's ts as their timestamp. Malformed event payloads
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from undertow.workload import (
+from harness.workload import (
     DEFAULT_START_MS,
     RecordStream,
     WorkloadConfig,
@@ -154,7 +154,7 @@ def _drift_at(text: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m connectors.generate",
+        prog="python -m harness.generate",
         description="Generate card transactions and their delayed fraud labels "
         "(deterministic by seed) into Kafka or JSONL files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -1,7 +1,7 @@
 """Headless Chromium (Debian's ``chromium``): renders a backtest's HTML report to check it.
 
-    python -m connectors.chromium --ensure-installed       # quiet and idempotent (scripts/test.sh)
-    python -m connectors.chromium report.html report.png   # a screenshot of a page
+    python -m harness.chromium --ensure-installed       # quiet and idempotent (scripts/test.sh)
+    python -m harness.chromium report.html report.png   # a screenshot of a page
 
 Chromium runs with a new empty profile and without its background network traffic (this
 machine's network is closed), as root without the sandbox.
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from connectors import debian
+from harness import debian
 
 DEBIAN_PACKAGE = "chromium"
 FLAGS = (
@@ -39,7 +39,7 @@ def ensure_installed(*, quiet: bool = True) -> str:
 def _run(page: Path, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[bytes]:
     binary = debian.find_binary("chromium")
     if binary is None:
-        raise debian.InstallError("chromium is not installed (python -m connectors.chromium "
+        raise debian.InstallError("chromium is not installed (python -m harness.chromium "
                                   "--ensure-installed)")
     with tempfile.TemporaryDirectory(prefix="undertow-chromium-") as profile:
         return subprocess.run(
@@ -67,7 +67,7 @@ def dump_dom(page: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m connectors.chromium", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m harness.chromium", description=__doc__)
     ap.add_argument("--ensure-installed", action="store_true")
     ap.add_argument("page", nargs="?")
     ap.add_argument("png", nargs="?")

@@ -14,7 +14,7 @@ session, and stops it by its own PID; nothing else is ever signalled. Typical us
 
 From a shell (the demo script does this)::
 
-    python -m connectors.broker --topics events,labels --partitions 3 --pid-file run/kafka.pid
+    python -m harness.kafka --topics events,labels --partitions 3 --pid-file run/kafka.pid
     # prints: bootstrap=127.0.0.1:PORT pid=PID   (PID: this command; SIGTERM/SIGINT stop it)
 
 Known gaps of this Tansu build (v0.6.0-510f3e2); ``tests/test_broker.py`` pins each
@@ -680,7 +680,7 @@ def count_records(bootstrap: str, topic: str, timeout: float = 30.0) -> dict[int
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m connectors.broker",
+        prog="python -m harness.kafka",
         description="Run the embedded Kafka-compatible broker (Tansu) until SIGTERM/SIGINT.",
     )
     parser.add_argument("--port", type=int, default=None, help="loopback port (default: free)")
