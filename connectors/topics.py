@@ -20,7 +20,8 @@ The topic must exist, or ``--create --partitions N`` creates it (an existing top
 partition count is refused).
 
 ``read`` reads every partition from the beginning (no consumer group, nothing committed) until
-no record has come for ``--timeout`` seconds, or ``--max`` records, and writes one line per record
+every partition has been at its end for ``--timeout`` seconds with nothing new (``0``: stop at
+the end), or ``--max`` records, and writes one line per record
 to stdout or ``--out``: the value as it is, if it is one line of text (a value spanning several
 lines is written as one: re-encoded if it is JSON, else as a JSON string; a null value as
 ``null``). ``--with-meta`` writes each record as::
@@ -66,6 +67,8 @@ __all__ = ["BadLine", "load_file", "main", "read_topic", "record_json", "scan_fi
 
 #: Seconds to wait for the brokers' metadata before calling them unreachable.
 CONNECT_TIMEOUT_S = 5.0
+#: Seconds ``read`` waits for a partition that neither sends records nor reaches its end.
+STALL_TIMEOUT_S = 30.0
 
 
 class _Quiet:
@@ -263,9 +266,9 @@ def _value_line(raw: bytes | None) -> bytes:
 def read_topic(
     settings: Settings, topic: str, *, idle_s: float = 5.0, max_records: int | None = None,
 ) -> Iterator[Message]:
-    """Every record of ``topic`` from the beginning, until none has come for ``idle_s`` seconds
-    or ``max_records`` were read. A ConfigError if the topic does not exist or the brokers
-    cannot be reached."""
+    """Every record of ``topic`` from the beginning, until ``max_records`` were read or every
+    partition has been at its end for ``idle_s`` seconds with no new record (0: stop at the
+    end). A ConfigError if the topic does not exist or the brokers cannot be reached."""
     n_parts = _partitions(settings, topic)
     if n_parts is None:
         raise ConfigError(f"--topic: topic {topic!r} does not exist")
@@ -274,29 +277,38 @@ def read_topic(
         "group.id": "undertow-topics-read",  # never joined or committed: partitions are assigned
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
         "fetch.wait.max.ms": 50,
     })
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(n_parts)])
         n = 0
-        last = time.monotonic()
+        at_end: set[int] = set()
+        idle_since: float | None = None  # when every partition was last seen at its end
+        last_record = time.monotonic()
         while max_records is None or n < max_records:
             want = 1000 if max_records is None else min(1000, max_records - n)
-            batch = consumer.consume(want, 0.1)
-            now = time.monotonic()
-            got = False
-            for msg in batch:
+            for msg in consumer.consume(want, 0.05):
                 err = msg.error()
-                if err is not None:
-                    if err.fatal() or not err.retriable():
-                        raise KafkaException(err)
-                    continue
-                got = True
-                n += 1
-                yield msg
-            if got:
-                last = now
-            elif now - last >= idle_s:
+                if err is None:
+                    at_end.discard(msg.partition())
+                    n += 1
+                    last_record = time.monotonic()
+                    yield msg
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                elif err.fatal() or not err.retriable():
+                    raise KafkaException(err)
+            if len(at_end) < n_parts:
+                idle_since = None
+                if time.monotonic() - last_record > max(idle_s, STALL_TIMEOUT_S):
+                    late = sorted(set(range(n_parts)) - at_end)
+                    raise KafkaException(f"read {n} records from {topic!r}; partitions {late} "
+                                         f"sent nothing and did not reach their end within "
+                                         f"{max(idle_s, STALL_TIMEOUT_S):g} s")
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            if idle_since is not None and time.monotonic() - idle_since >= idle_s:
                 return
     finally:
         consumer.close()
@@ -321,7 +333,8 @@ def _parser() -> argparse.ArgumentParser:
     rd.add_argument("--out", default=None, help="a file (default: stdout)")
     rd.add_argument("--max", type=int, default=None, help="stop after this many records")
     rd.add_argument("--timeout", type=float, default=5.0,
-                    help="stop once no record has come for this many seconds (default 5)")
+                    help="stop once every partition has been at its end this many seconds "
+                    "with nothing new (default 5; 0: stop at the end)")
     rd.add_argument("--with-meta", action="store_true",
                     help="topic, partition, offset, key, timestamp and headers with each value")
     for p in (ld, rd):
