@@ -52,10 +52,11 @@ class Settings(BaseModel):
     start_from: Literal["earliest", "latest"] = "earliest"
     source_batch_size: int = Field(1000, gt=0)
 
-    #: The served model (the champion): "logreg" (StandardScaler | LogisticRegression), "hat"
-    #: (HoeffdingAdaptiveTreeClassifier), "arf" (adaptive random forest) or "nb" (Gaussian naive
-    #: Bayes); see undertow/models.py.
-    model: Literal["logreg", "hat", "arf", "nb"] = "logreg"
+    #: The served model (the champion): a River expression such as
+    #: "preprocessing.StandardScaler() | linear_model.LogisticRegression(l2=0.001)",
+    #: "package.module:factory", or an alias (logreg, hat, arf, nb); see undertow/models.py.
+    #: Empty = the stream file's first model.
+    model: str = ""
     model_name: str = "fraud"
     model_seed: int = 42
     threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -113,11 +114,33 @@ class Settings(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        from pydantic_core import PydanticCustomError
+
+        from undertow.errors import ModelError
+        from undertow.models import check_model
+
+        if v.strip():
+            try:
+                check_model(v)
+            except ModelError as ex:
+                raise PydanticCustomError("model", str(ex)) from None
+        return v
+
     @field_validator("challengers")
     @classmethod
     def _challengers(cls, v: str, info: ValidationInfo) -> str:
-        if info.data.get("model_name") in parse_challengers(v):
-            raise ValueError("a challenger has the champion's name (UNDERTOW_MODEL_NAME)")
+        from pydantic_core import PydanticCustomError
+
+        try:
+            names = parse_challengers(v)
+        except ValueError as ex:
+            raise PydanticCustomError("challengers", str(ex)) from None
+        if info.data.get("model_name") in names:
+            raise PydanticCustomError(
+                "challengers", "a challenger has the champion's name (UNDERTOW_MODEL_NAME)")
         return v
 
     @property
@@ -135,31 +158,69 @@ class Settings(BaseModel):
 
 
 def parse_challengers(spec: str) -> dict[str, str]:
-    """Parse "name=kind,name=kind" into a dict, checking kinds and unique names.
+    """Parse "name=model,name=model" into a dict, checking each model and unique names.
+
+    A model is anything :func:`undertow.models.make_model` takes; the pairs are split on the
+    commas outside parentheses, brackets, braces and quotes only.
 
     >>> parse_challengers("tree=hat, forest=arf")
     {'tree': 'hat', 'forest': 'arf'}
+    >>> parse_challengers("tree=tree.HoeffdingTreeClassifier(grace_period=50, max_depth=8),nb=nb")
+    {'tree': 'tree.HoeffdingTreeClassifier(grace_period=50, max_depth=8)', 'nb': 'nb'}
     >>> parse_challengers("tree")
     Traceback (most recent call last):
     ...
     ValueError: 'tree' is not name=kind
+    >>> parse_challengers("t=hat, u=tree.Tree()")
+    Traceback (most recent call last):
+    ...
+    undertow.errors.ModelError: challenger 'u': model 'tree.Tree()': river.tree has no 'Tree'
     """
-    from undertow.models import MODELS
+    from undertow.errors import ModelError
+    from undertow.models import check_model
 
     out: dict[str, str] = {}
-    for part in spec.split(","):
+    for part in _top_level_split(spec):
         part = part.strip()
         if not part:
             continue
         name, sep, kind = (x.strip() for x in part.partition("="))
-        if not sep or not name:
+        if not sep or not name or not all(c.isalnum() or c in "_.-" for c in name):
             raise ValueError(f"{part!r} is not name=kind")
-        if kind not in MODELS:
-            raise ValueError(f"unknown model kind {kind!r} for {name!r}; one of {MODELS}")
         if name in out:
             raise ValueError(f"challenger {name!r} is named twice")
+        try:
+            check_model(kind)
+        except ModelError as ex:
+            raise ModelError(f"challenger {name!r}: {ex}") from None
         out[name] = kind
     return out
+
+
+def _top_level_split(spec: str) -> list[str]:
+    """``spec`` split on the commas outside brackets and quotes (unbalanced input is split as
+    far as it goes: the expressions' parser reports what is wrong with it)."""
+    parts: list[str] = []
+    depth, quote, start, i = 0, "", 0, 0
+    while i < len(spec):
+        ch = spec[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+        i += 1
+    parts.append(spec[start:])
+    return parts
 
 
 def _kafka_opts_from_env(environ: dict[str, str]) -> dict[str, str]:
