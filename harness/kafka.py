@@ -6,7 +6,8 @@ test suite run against Tansu, a Kafka-compatible broker written in Rust that the
 Storage is memory-only: everything is lost when the broker stops.
 
 :class:`EmbeddedKafka` starts one broker on a free loopback port, in its own
-session, and stops it by its own PID; nothing else is ever signalled. Typical use::
+session, and stops it by its own PID (a :class:`harness.process.ChildProcess`); nothing
+else is ever signalled. Typical use::
 
     with EmbeddedKafka() as kafka:
         kafka.create_topics(["events", "labels"], partitions=3)
@@ -57,7 +58,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -79,6 +79,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from harness.process import ChildExited, ChildProcess, NotReady, ProcessError, file_tail
 
 __all__ = [
     "BrokerError",
@@ -114,7 +116,6 @@ _TANSU_ENV_VARS = (
 )
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _AUTO_PORT_ATTEMPTS = 3
 
 
@@ -151,8 +152,8 @@ class EmbeddedKafka:
     """One Tansu broker process on a loopback port, owned by this object.
 
     ``start()`` launches it and waits until it answers metadata requests; ``stop()``
-    sends SIGTERM to its PID, then SIGKILL after ``stop_timeout`` seconds, and never
-    signals any other process. Stop it explicitly (or use ``with``); an ``atexit``
+    sends SIGTERM to its PID (and its own process group), then SIGKILL after
+    ``stop_timeout`` seconds, and never signals any other process. Stop it explicitly (or use ``with``); an ``atexit``
     hook stops it if the owner forgets. There is no ``__del__``.
 
     The broker runs in its own session (``start_new_session=True``), so a Ctrl-C in
@@ -182,7 +183,7 @@ class EmbeddedKafka:
         self.stop_timeout = stop_timeout
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._lock = threading.RLock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: ChildProcess | None = None
         self._port: int | None = None
         self._log_path: Path | None = None
         self._tmp_dir: Path | None = None
@@ -195,13 +196,13 @@ class EmbeddedKafka:
     @property
     def running(self) -> bool:
         """True while the broker process started by :meth:`start` is alive."""
-        proc = self._proc
-        return proc is not None and proc.poll() is None
+        child = self._child
+        return child is not None and child.running
 
     @property
     def port(self) -> int:
         """The loopback port the broker listens on."""
-        if self._port is None or self._proc is None:
+        if self._port is None or self._child is None:
             raise BrokerError("the embedded broker is not started")
         return self._port
 
@@ -213,9 +214,9 @@ class EmbeddedKafka:
     @property
     def pid(self) -> int:
         """PID of the broker process."""
-        if self._proc is None:
+        if self._child is None:
             raise BrokerError("the embedded broker is not started")
-        return self._proc.pid
+        return self._child.pid
 
     @property
     def binary(self) -> str:
@@ -249,8 +250,8 @@ class EmbeddedKafka:
         broker's log, if it exits early or does not answer within ``startup_timeout``.
         """
         with self._lock:
-            if self._proc is not None:
-                raise BrokerError(f"the embedded broker is already started (pid {self._proc.pid})")
+            if self._child is not None:
+                raise BrokerError(f"the embedded broker is already started (pid {self._child.pid})")
             attempts = 1 if self._requested_port is not None else _AUTO_PORT_ATTEMPTS
             for attempt in range(1, attempts + 1):
                 port = self._requested_port if self._requested_port is not None else free_port()
@@ -258,7 +259,7 @@ class EmbeddedKafka:
                     self._launch(port)
                     self._wait_until_ready()
                 except BrokerError:
-                    exited_early = self._proc is not None and self._proc.poll() is not None
+                    exited_early = self._child is not None and self._child.returncode is not None
                     retry = exited_early and attempt < attempts
                     # Keep the log of the attempt that is reported: the error names it.
                     self._shutdown(remove_logs=retry)
@@ -292,10 +293,10 @@ class EmbeddedKafka:
         self.stop()
 
     def __repr__(self) -> str:
-        if self._proc is None:
+        if self._child is None:
             return f"EmbeddedKafka(stopped, binary={self._binary!r})"
-        state = "running" if self.running else f"exited {self._proc.returncode}"
-        return f"EmbeddedKafka({state}, bootstrap={self.bootstrap_servers}, pid={self._proc.pid})"
+        state = "running" if self.running else f"exited {self._child.returncode}"
+        return f"EmbeddedKafka({state}, bootstrap={self.bootstrap_servers}, pid={self._child.pid})"
 
     def _stop_at_exit(self) -> None:
         if os.getpid() != self._owner_pid:
@@ -334,64 +335,60 @@ class EmbeddedKafka:
         ]
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_VARS}
         env["NO_COLOR"] = "1"
-        with open(self._log_path, "wb") as log:  # the child keeps its own descriptor
-            try:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                if self._tmp_dir is not None:
-                    shutil.rmtree(self._tmp_dir, ignore_errors=True)
-                    self._tmp_dir = None
-                self._log_path = None
-                raise BrokerError(
-                    f"cannot execute Tansu broker {binary!r} (port {port}): {exc}"
-                ) from exc
+        child = ChildProcess(argv, env=env, log_path=self._log_path, name="tansu",
+                             stop_timeout=self.stop_timeout)
+        try:
+            self._child = child.start()
+        except ProcessError as exc:
+            if self._tmp_dir is not None:
+                shutil.rmtree(self._tmp_dir, ignore_errors=True)
+                self._tmp_dir = None
+            self._log_path = None
+            raise BrokerError(
+                f"cannot execute Tansu broker {binary!r} (port {port}): {exc.reason}"
+            ) from exc
 
     def _wait_until_ready(self) -> None:
-        proc, port = self._proc, self._port
-        assert proc is not None and port is not None
+        child, port = self._child, self._port
+        assert child is not None and port is not None
         deadline = time.monotonic() + self.startup_timeout
-        # A bare TCP probe first: librdkafka logs every refused connection to stderr.
-        while not _port_accepts(port):
-            self._check_alive()
-            if time.monotonic() >= deadline:
-                raise self._startup_error(f"port {port} not open after {self.startup_timeout:g} s")
-            time.sleep(0.02)
-        admin = AdminClient(self._admin_config())
+        admin: AdminClient | None = None
         last_error = "no answer"
-        while True:
-            self._check_alive()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._startup_error(
-                    f"no metadata answer within {self.startup_timeout:g} s ({last_error})"
-                )
+
+        def answers_metadata() -> bool:
+            nonlocal admin, last_error
+            if admin is None:
+                # A bare TCP probe first: librdkafka logs every refused connection to stderr.
+                if not _port_accepts(port):
+                    return False
+                admin = AdminClient(self._admin_config())
+            wait = max(0.01, min(0.5, deadline - time.monotonic()))
             try:
-                metadata = admin.list_topics(timeout=min(0.5, remaining))
+                metadata = admin.list_topics(timeout=wait)
             except KafkaException as exc:
                 last_error = str(exc.args[0])
-                continue
+                return False
             if metadata.cluster_id != self._cluster_id:
-                self._check_alive()
-                raise self._startup_error(
-                    f"port {port} is answered by another Kafka cluster ({metadata.cluster_id!r})"
-                )
+                if child.returncode is None:
+                    raise self._startup_error(
+                        f"port {port} is answered by another Kafka cluster "
+                        f"({metadata.cluster_id!r})"
+                    )
+                return False  # our broker died: the next check reports its exit
             self._admin = admin
-            return
+            return True
 
-    def _check_alive(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        code = proc.poll()
-        if code is not None:
-            raise self._startup_error(f"broker exited early with status {code}")
+        try:
+            child.wait_ready(answers_metadata, timeout=self.startup_timeout, interval=0.02,
+                             what="answering metadata")
+        except ChildExited as exc:
+            raise self._startup_error(f"broker exited early with status {exc.returncode}") from None
+        except NotReady:
+            if admin is None:
+                reason = f"port {port} not open after {self.startup_timeout:g} s"
+            else:
+                reason = f"no metadata answer within {self.startup_timeout:g} s ({last_error})"
+            raise self._startup_error(reason) from None
 
     def _startup_error(self, reason: str) -> BrokerError:
         return BrokerError(
@@ -403,28 +400,16 @@ class EmbeddedKafka:
         """The last ``max_bytes`` of the broker's log, without colour codes."""
         if self._log_path is None:
             return "(no log)"
-        try:
-            with open(self._log_path, "rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - max_bytes))
-                text = log.read().decode("utf-8", errors="replace")
-        except OSError as exc:
-            return f"(log unreadable: {exc})"
-        return _ANSI_ESCAPE.sub("", text).strip() or "(log empty)"
+        return file_tail(self._log_path, max_bytes)
 
     def _shutdown(self, *, remove_logs: bool) -> None:
-        proc, self._proc = self._proc, None
+        child = self._child
         self._admin = None
-        if proc is not None:
-            # Popen.send_signal/terminate/kill do nothing once the child is reaped, so a
-            # recycled PID can never be hit; no process group or name is ever signalled.
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        if child is not None:
+            # Signals go to the broker's PID (and its own process group) only while it is not
+            # yet reaped, so a recycled PID can never be hit; no process name is ever signalled.
+            child.stop(self.stop_timeout)
+        self._child = None
         if remove_logs and self._tmp_dir is not None:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
