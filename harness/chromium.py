@@ -4,7 +4,8 @@
     python -m harness.chromium report.html report.png   # a screenshot of a page
 
 Chromium runs with a new empty profile and without its background network traffic (this
-machine's network is closed), as root without the sandbox.
+machine's network is closed), as root without the sandbox, in its own session
+(:func:`harness.process.run`): what it leaves behind in its process group is killed when it ends.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import debian
+from harness import debian, process
 
 DEBIAN_PACKAGE = "chromium"
 FLAGS = (
@@ -42,9 +43,9 @@ def _run(page: Path, *args: str, timeout: float = 90.0) -> subprocess.CompletedP
         raise debian.InstallError("chromium is not installed (python -m harness.chromium "
                                   "--ensure-installed)")
     with tempfile.TemporaryDirectory(prefix="undertow-chromium-") as profile:
-        return subprocess.run(
+        return process.run(
             [binary, *FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri()],
-            capture_output=True, timeout=timeout, check=False,
+            timeout=timeout, name="chromium",
         )
 
 

@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from harness import debian
+from harness import debian, process
+from harness.process import ChildExited, ChildProcess, NotReady, file_tail
 
 __all__ = [
     "PrometheusError",
@@ -96,8 +96,8 @@ def _promtool(*args: str) -> str:
     if tool is None:
         raise PrometheusError("promtool is not installed (python -m harness.prometheus "
                               "--ensure-installed)")
-    r = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=False)
-    output = (r.stdout + r.stderr).strip()
+    r = process.run([tool, *args], timeout=60, name="promtool")
+    output = (r.stdout + r.stderr).decode(errors="replace").strip()
     if r.returncode != 0:
         raise PrometheusError(f"promtool {' '.join(args)} failed:\n{output}")
     return output
@@ -173,10 +173,10 @@ class PrometheusServer:
         self.retention = retention
         self.log_path = Path(log_path) if log_path is not None else None
         self.port: int | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: ChildProcess | None = None
         self.workdir: Path | None = None
         self.config_path: Path | None = None
-        self._log = None
+        self._log_path: Path | None = None
 
     # lifecycle --------------------------------------------------------------------------------
     @property
@@ -187,7 +187,7 @@ class PrometheusServer:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        return self.child.pid if self.child is not None else None
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> Self:
         binary = find_binary("prometheus")
@@ -212,7 +212,6 @@ class PrometheusServer:
         attempts = 1 if self.requested_port else 3
         for attempt in range(attempts):
             self.port = self.requested_port or free_port()
-            self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
             cmd = [
                 binary,
                 f"--config.file={self.config_path}",
@@ -221,60 +220,46 @@ class PrometheusServer:
                 f"--storage.tsdb.retention.time={self.retention}",
                 "--log.level=warn",
             ]
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=self._log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.child = ChildProcess(cmd, cwd=self.workdir, log_path=log_path, append_log=True,
+                                      stop_timeout=STOP_TIMEOUT, name="prometheus").start()
             try:
-                self._wait_ready(timeout)
+                self.child.wait_ready(self._ready, timeout=timeout, interval=0.1, what="ready")
                 return self
-            except PrometheusError:
-                died = self.proc.poll() is not None
+            except ChildExited as ex:
                 self._stop_process()
-                if not died or attempt == attempts - 1:
+                if attempt == attempts - 1:
                     self._cleanup()
-                    raise
+                    raise PrometheusError(
+                        f"prometheus exited with status {ex.returncode}: {ex.log_tail}"
+                    ) from None
+            except NotReady as ex:
+                self._stop_process()
+                self._cleanup()
+                raise PrometheusError(
+                    f"prometheus not ready after {timeout:.0f} s: {ex.log_tail}"
+                ) from None
+            except BaseException:
+                self._stop_process()
+                self._cleanup()
+                raise
         raise AssertionError("unreachable")
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PrometheusError(
-                    f"prometheus exited with status {self.proc.returncode}: {self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise PrometheusError(f"prometheus not ready after {timeout:.0f} s: {self.log_tail()}")
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
     def log_tail(self, n: int = 2000) -> str:
-        try:
-            return self._log_path.read_text(errors="replace")[-n:]
-        except (AttributeError, OSError):
+        if self._log_path is None:
             return ""
+        return file_tail(self._log_path, n)
 
     def _stop_process(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_TIMEOUT)
-            except ProcessLookupError:
-                pass
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self.proc = None
+        if self.child is not None:
+            self.child.stop()
+        self.child = None
 
     def _cleanup(self) -> None:
         if self.workdir is not None:
@@ -287,7 +272,7 @@ class PrometheusServer:
         self._cleanup()
 
     def __enter__(self) -> Self:
-        return self.start() if self.proc is None else self
+        return self.start() if self.child is None else self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -384,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"  targets: {server.url}/targets   alerts: {server.url}/alerts   "
               f"rules: {server.url}/rules", flush=True)
         while not stop["now"]:
-            if server.proc is None or server.proc.poll() is not None:
+            if server.child is None or not server.child.running:
                 print(f"prometheus exited: {server.log_tail()}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
