@@ -16,7 +16,7 @@ What it measures, all in one process and one invocation:
   ``labels`` topics (``--partitions`` each) and ``predictions``/``deadletter`` (1 each); the
   deterministic workload (``WorkloadConfig(seed, n_events=N)``) is written to it *before* the
   clock starts (key = ``card_id``, timestamp = record ts). Then the real dataflow
-  (:func:`dataflows.fraud.build_flow`, Kafka sources, one worker, ``tail=False`` so it stops at
+  (:func:`dataflows.stream.build_flow`, Kafka sources, one worker, ``tail=False`` so it stops at
   the end of the topics) runs under ``bytewax.testing.run_main``. events/s = N / wall time of
   ``run_main``. Latency = record read -> its prediction flushed to Kafka, one value per
   prediction, from the prediction sink's ``after_write`` callback. The predictions topic is read
@@ -67,7 +67,9 @@ from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 
 from connectors.kafka import KafkaRecord, ProducerSink, encode_prediction  # noqa: E402
 from connectors.settings import Settings, load_settings  # noqa: E402
-from dataflows.fraud import build_flow  # noqa: E402
+from dataflows.stream import build_flow, shipped  # noqa: E402
+
+FRAUD = shipped("fraud")
 from harness.generate import KafkaSink  # noqa: E402
 from harness.generate import run as write_workload  # noqa: E402
 from harness.kafka import EmbeddedKafka, count_records  # noqa: E402
@@ -158,7 +160,7 @@ def run_on_kafka(kafka: EmbeddedKafka, w: Workload, args: argparse.Namespace) ->
         latencies.extend([now - p.read_at for p in predictions])
 
     sink = ProducerSink(settings, settings.predictions_topic, encode_prediction, record_latency)
-    flow = build_flow(settings, sinks={"predictions": sink})
+    flow = build_flow(settings, FRAUD, sinks={"predictions": sink})
     t0 = time.perf_counter()
     run_main(flow)
     wall = time.perf_counter() - t0
@@ -229,7 +231,7 @@ def no_kafka_flow(
     settings = load_settings({}, model=model)
     events, labels = kafka_records(w, settings)
     return build_flow(
-        settings,
+        settings, FRAUD,
         sources={"events": TestingSource(events, BATCH), "labels": TestingSource(labels, BATCH)},
         sinks={"predictions": LatencyTestingSink(preds, latencies),
                "deadletter": TestingSink([])},

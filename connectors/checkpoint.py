@@ -74,11 +74,13 @@ class ModelStore:
         clock_ms: int | None = None,
         wall_time: float | None = None,
         feature_spec: str | None = None,
+        stream_digest: str | None = None,
     ) -> Path:
         """Write one checkpoint atomically and prune the oldest beyond ``keep``.
 
-        ``feature_spec`` names the spec whose features the model was served (bulk scoring
-        refuses another)."""
+        ``feature_spec`` names the stream whose features the model was served and
+        ``stream_digest`` is that stream's digest (its schema, target and features): bulk
+        scoring refuses a checkpoint of another stream."""
         _check_name(name)
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,8 @@ class ModelStore:
             "quality": quality or {},
             "clock_ms": clock_ms,
             "feature_spec": feature_spec,
+            "stream": feature_spec,
+            "stream_digest": stream_digest,
             "written_at": time.time() if wall_time is None else wall_time,
             "undertow_version": _undertow_version(),
             "seq": _seq(existing[-1]) + 1 if existing else 1,
@@ -179,11 +183,13 @@ class Checkpointer:
     goes on serving and the next write is tried when due again."""
 
     def __init__(
-        self, store: ModelStore, policy: CheckpointPolicy, *, feature_spec: str | None = None
+        self, store: ModelStore, policy: CheckpointPolicy, *, feature_spec: str | None = None,
+        stream_digest: str | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
         self.feature_spec = feature_spec
+        self.stream_digest = stream_digest
 
     def __call__(self, learner: Any) -> None:
         from connectors import metrics
@@ -199,6 +205,7 @@ class Checkpointer:
                     slot.name, slot.model, version=slot.version,
                     labels_learned=slot.labels_learned, quality=learner.quality(slot.name),
                     clock_ms=learner.clock, wall_time=now, feature_spec=self.feature_spec,
+                    stream_digest=self.stream_digest,
                 )
             except OSError as ex:
                 log.warning("checkpoint of model %r failed: %s", slot.name, ex)

@@ -67,6 +67,7 @@ class KafkaInput:
     kind: int  # LABEL or EVENT
     brokers: str
     options: tuple[tuple[str, str], ...] = ()
+    time_field: str = "ts"  # the records' event-time field (the stream file's)
 
 
 @dataclass(frozen=True)
@@ -76,22 +77,25 @@ class FileInput:
     path: str
     kind: int
     name: str
+    time_field: str = "ts"  # the records' event-time field (the stream file's)
 
     @property
     def topic(self) -> str:
         return f"file:{self.name}"
 
 
-def record_ts(value: bytes | None, default: int) -> int:
-    """The ``ts`` field of a JSON record, or ``default`` if it cannot be read.
+def record_ts(value: bytes | None, default: int, field: str = "ts") -> int:
+    """The time ``field`` of a JSON record, or ``default`` if it cannot be read.
 
     >>> record_ts(b'{"ts": 5, "x": 1}', 0), record_ts(b"{oops", 7), record_ts(b'{"ts": "a"}', 3)
     (5, 7, 3)
+    >>> record_ts(b'{"at": 9}', 0, "at")
+    9
     """
     if not value:
         return default
     try:
-        ts = orjson.loads(value).get("ts")
+        ts = orjson.loads(value).get(field)
     except (orjson.JSONDecodeError, AttributeError):
         return default
     return ts if type(ts) is int else default
@@ -108,6 +112,7 @@ class _Reader:
     topic: str
     partition: int
     kind: int
+    time_field: str = "ts"
 
     def __init__(self) -> None:
         self.buf: deque[tuple[int, bytes | None, bytes | None, str | None]] = deque()
@@ -132,7 +137,7 @@ class _Reader:
                 self.fill()
                 continue
             off, key, value, err = self.buf.popleft()
-            ts = record_ts(value, self.last_ts) if err is None else self.last_ts
+            ts = record_ts(value, self.last_ts, self.time_field) if err is None else self.last_ts
             self.last_ts = ts
             idx = self._n
             self._n += 1
@@ -170,6 +175,7 @@ class _FileReader(_Reader):
     def __init__(self, src: FileInput, start_line: int, batch: int) -> None:
         super().__init__()
         self.topic, self.partition, self.kind = src.topic, 0, src.kind
+        self.time_field = src.time_field
         self._f = Path(src.path).open("rb")
         self._line = 0
         self._batch = batch
@@ -406,6 +412,7 @@ class ReplaySource(FixedPartitionedSource[KafkaRecord, dict[str, Any]]):
         else:
             offset = 0
         r = _KafkaReader(consumer, inp.topic, partition, inp.kind, self.batch_size)
+        r.time_field = inp.time_field
         if offset == -1:
             r.eof = True
             consumer.close()

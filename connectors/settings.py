@@ -57,7 +57,9 @@ class Settings(BaseModel):
     #: "package.module:factory", or an alias (logreg, hat, arf, nb); see undertow/models.py.
     #: Empty = the stream file's first model.
     model: str = ""
-    model_name: str = "fraud"
+    #: The champion's name (the ``model`` label on metrics and predictions); empty = the stream
+    #: file's first model's name.
+    model_name: str = ""
     model_seed: int = 42
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     #: A pending prediction whose label has not come this long (event time) after its event expires.
@@ -97,7 +99,10 @@ class Settings(BaseModel):
     #: Start the champion from this checkpoint ("latest" in UNDERTOW_MODEL_DIR, or a path).
     start_checkpoint: str = ""
 
-    #: The feature spec (a TOML file); empty = the shipped specs/fraud.toml.
+    #: The stream file (TOML: schemas, target, models, features) of dataflows.stream, the
+    #: backtests and bulk scoring; dataflows.fraud and dataflows.clicks name their own.
+    stream: str = ""
+    #: A TOML file whose feature sections replace the stream file's (empty = the stream's own).
     feature_spec: str = ""
     #: Where closed tumbling/hopping window aggregates are written; empty = not written.
     features_topic: str = ""
@@ -107,7 +112,7 @@ class Settings(BaseModel):
     allowed_lateness_s: float = Field(300.0, ge=0)
 
     @field_validator("kafka_bootstrap_servers", "events_topic", "labels_topic",
-                     "predictions_topic", "deadletter_topic", "model_name")
+                     "predictions_topic", "deadletter_topic")
     @classmethod
     def _not_blank(cls, v: str) -> str:
         if not v.strip():

@@ -1,17 +1,6 @@
-"""The shop-clicks dataflow: will this click lead to a purchase within 30 minutes?
+"""The shop-clicks stream: ``python -m bytewax.run dataflows.clicks:flow`` runs
+``streams/clicks.toml`` through the one graph of :mod:`dataflows.stream`."""
 
-The same graph, operators and settings as :mod:`dataflows.fraud`, on another stream
-(:mod:`undertow.clickstream`): its own event schema, its own feature spec
-(``specs/clicks.toml``: per user, per (user, page) pair, and hopping windows per page), labels
-keyed by ``user_id`` with the boolean ``converted``. Run it with
-``python -m bytewax.run dataflows.clicks:flow``.
-"""
+from dataflows.stream import STREAMS, lazy_flow
 
-from __future__ import annotations
-
-from dataflows.fraud import Scenario, flow_from_environment
-from undertow.clickstream import CLICK_EVENTS
-
-CLICKS = Scenario("clicks", CLICK_EVENTS, "clicks.toml", "user_id", "converted")
-
-flow = flow_from_environment(CLICKS)
+__getattr__ = lazy_flow(STREAMS / "clicks.toml")

@@ -1,18 +1,21 @@
 """Bulk scoring: score a file or topic of events with a saved checkpoint, without learning.
 
-    python -m dataflows.score --checkpoint run/models/fraud/v000001-n000000005000 \\
-        --input events.jsonl --output scores.jsonl
-    python -m dataflows.score --checkpoint ... --topic events --brokers 127.0.0.1:9092 \\
+    python -m dataflows.score --stream streams/fraud.toml \\
+        --checkpoint run/models/fraud/v000001-n000000005000 --input events.jsonl \\
         --output scores.jsonl
+    python -m dataflows.score --stream ... --checkpoint ... --topic events \\
+        --brokers 127.0.0.1:9092 --output scores.jsonl
 
 The events go through the live dataflow's own decoder and feature steps (the features of each
 event as of its time, from the events before it in the input), then are scored in batches with
 the model's ``predict_proba_many`` where River has it (``logreg``: one vectorised pass per batch)
 and ``predict_proba_one`` otherwise (trees). Nothing learns. Each output line is a prediction
 naming the checkpoint's model and version; malformed records go to ``--deadletters`` with their
-raw bytes (base64) and the reason. Missing inputs, unreachable brokers, bad checkpoints and a
-checkpoint served with another feature spec (its ``meta.json`` names the spec) stop it with one
-line and exit status 2.
+raw bytes (base64) and the reason. The stream file (``--stream``, else ``UNDERTOW_STREAM``, else
+the shipped fraud stream) gives the schema and the features. Missing inputs, unreachable
+brokers, bad checkpoints, a bad stream file and a checkpoint made for another stream (its
+``meta.json`` records the stream's digest: schema, target and features) stop it with one line and
+exit status 2.
 
 ``predict_proba_many`` takes a pandas DataFrame (pandas is what River's mini-batch methods take).
 It is used only when every row of a chunk has the same feature names; the spec serves a fixed set,
@@ -39,10 +42,10 @@ from connectors.checkpoint import CheckpointError, load_checkpoint
 from connectors.files import JsonlSink, JsonlSource, dead_letter_json
 from connectors.kafka import kafka_source
 from connectors.settings import ConfigError, Settings, load_settings
-from dataflows.fraud import feature_spec, featurize
+from dataflows.stream import STREAMS, check_checkpoint_stream, featurize, stream_of
 from operators.decode import decode_events
-from undertow import fraud
 from undertow.schema import FeaturedEvent, Prediction
+from undertow.stream import Stream as StreamFile
 
 
 def score_batch_fn(
@@ -107,12 +110,13 @@ _QUIET = _Quiet()
 
 def build_flow(
     source: Any, settings: Settings, model: Any, meta: dict[str, Any], *, output: Any,
-    deadletters: Any, batch_size: int = 1000,
+    deadletters: Any, batch_size: int = 1000, stream: StreamFile | None = None,
 ) -> Dataflow:
+    stream = stream if stream is not None else stream_of(settings, STREAMS / "fraud.toml")
     flow = Dataflow("undertow_score")
     raw = op.input("input", flow, source)
-    events = decode_events("decode_events", raw, schema=fraud.SCHEMA)
-    features = featurize(events.oks, settings)
+    events = decode_events("decode_events", raw, schema=stream.events)
+    features = featurize(events.oks, settings, stream)
     featured: Stream[FeaturedEvent] = features.featured
     score = score_batch_fn(model, name=str(meta["name"]), version=int(meta["version"]),
                            labels_learned=int(meta["labels_learned"]),
@@ -126,6 +130,8 @@ def build_flow(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dataflows.score", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stream", help="the stream file (default: UNDERTOW_STREAM, else "
+                                     "streams/fraud.toml)")
     ap.add_argument("--checkpoint", required=True, help="a checkpoint directory")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="a JSON Lines file of events")
@@ -139,16 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.batch_size <= 0:
             raise ConfigError("--batch-size: must be > 0")
-        model, meta = load_checkpoint(a.checkpoint)
         overrides: dict[str, Any] = {"tail": False, "start_from": "earliest"}
         if a.brokers:
             overrides["kafka_bootstrap_servers"] = a.brokers
         settings = load_settings(**overrides)
-        spec = feature_spec(settings)
-        trained_on = meta.get("feature_spec")
-        if trained_on is not None and trained_on != spec.name:
-            raise ConfigError(f"UNDERTOW_FEATURE_SPEC: the checkpoint was served the features "
-                              f"of spec {trained_on!r}, this run computes spec {spec.name!r}")
+        stream = stream_of(settings, a.stream or settings.stream or STREAMS / "fraud.toml")
+        model, meta = load_checkpoint(a.checkpoint)
+        try:
+            check_checkpoint_stream(meta, stream)
+        except CheckpointError as ex:
+            raise ConfigError(f"--checkpoint: {ex}") from None
         if a.input:
             source: Any = JsonlSource(a.input, name="events")
         else:
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in (a.output, dead_path):
         open(path, "wb").close()  # a fresh file each run
     t0 = time.perf_counter()
-    run_main(build_flow(source, settings, model, meta, batch_size=a.batch_size,
+    run_main(build_flow(source, settings, model, meta, batch_size=a.batch_size, stream=stream,
                         output=JsonlSink(a.output, Prediction.to_json),
                         deadletters=JsonlSink(dead_path, dead_letter_json)))
     with open(a.output, "rb") as f:

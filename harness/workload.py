@@ -95,8 +95,8 @@ MALFORMED_REASONS: tuple[str, ...] = (
     "missing_field",
     "wrong_type",
     "not_finite",
-    "negative_amount",
-    "unknown_channel",
+    "below_min",
+    "unknown_category",
 )
 
 RecordKind = Literal["event", "label"]
@@ -582,8 +582,8 @@ _MALFORMED_KINDS: tuple[tuple[str, str], ...] = (
     ("amount_as_string", "wrong_type"),
     ("ts_as_float_string", "wrong_type"),
     ("nan_amount", "not_finite"),
-    ("negative_amount", "negative_amount"),
-    ("unknown_channel", "unknown_channel"),
+    ("negative_amount", "below_min"),
+    ("unknown_channel", "unknown_category"),
 )
 
 

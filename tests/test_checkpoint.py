@@ -22,7 +22,9 @@ from connectors.checkpoint import (
 )
 from connectors.kafka import KafkaRecord
 from connectors.settings import ConfigError, load_settings
-from dataflows.fraud import build_flow
+from dataflows.stream import build_flow, shipped
+
+FRAUD = shipped("fraud")
 from harness.workload import WorkloadConfig, generate
 from undertow.learning import OnlineLearner
 from undertow.models import make_model
@@ -186,7 +188,7 @@ def records(items, topic):
 
 def run(settings, events, labels):
     preds: list = []
-    flow = build_flow(settings, sources={
+    flow = build_flow(settings, FRAUD, sources={
         "events": TestingSource(records(events, "events"), batch_size=50),
         "labels": TestingSource(records(labels, "labels"), batch_size=max(1, len(labels))),
     }, sinks={"predictions": TestingSink(preds), "deadletter": TestingSink([])})
@@ -226,10 +228,11 @@ def test_a_dataflow_checkpoints_and_another_starts_from_the_latest(tmp_path):
 
 def test_bad_checkpoint_settings_stop_start_up_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match="^UNDERTOW_MODEL_DIR: must be set"):
-        build_flow(load_settings({}, checkpoint_every_labels=10), sources={"events": [],
+        build_flow(load_settings({}, checkpoint_every_labels=10), FRAUD, sources={"events": [],
                                                                          "labels": []})
     with pytest.raises(ConfigError, match="^UNDERTOW_START_CHECKPOINT: no checkpoint of model"):
-        build_flow(load_settings({}, model_dir=str(tmp_path), start_checkpoint="latest"))
+        build_flow(load_settings({}, model_dir=str(tmp_path), start_checkpoint="latest"), FRAUD)
     os.makedirs(tmp_path / "x")
     with pytest.raises(ConfigError, match="^UNDERTOW_START_CHECKPOINT: cannot read checkpoint"):
-        build_flow(load_settings({}, model_dir=str(tmp_path), start_checkpoint=str(tmp_path / "x")))
+        build_flow(load_settings({}, model_dir=str(tmp_path), start_checkpoint=str(tmp_path / "x")),
+                   FRAUD)

@@ -9,7 +9,9 @@ from prometheus_client import REGISTRY
 
 from connectors.kafka import KafkaRecord
 from connectors.settings import load_settings
-from dataflows.fraud import build_flow
+from dataflows.stream import build_flow, shipped
+
+FRAUD = shipped("fraud")
 from harness.workload import WorkloadConfig, generate, malformed_records
 from undertow.models import make_model
 from undertow.reference import run_reference
@@ -32,7 +34,7 @@ def run_flow(events: list[bytes], labels: list[bytes], **overrides):
     preds: list[Prediction] = []
     dead: list[DeadLetter] = []
     flow = build_flow(
-        settings,
+        settings, FRAUD,
         sources={
             # All labels come in one batch, before their time: the learner must hold them.
             "events": TestingSource(msgs(events, "events"), batch_size=50),

@@ -17,7 +17,9 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from connectors.settings import load_settings
-from dataflows.fraud import build_flow
+from dataflows.stream import build_flow, shipped
+
+FRAUD = shipped("fraud")
 from harness.kafka import EmbeddedKafka, free_port, read_topic
 from harness.workload import WorkloadConfig, generate, malformed_records
 
@@ -107,7 +109,7 @@ def test_dataflow_on_kafka_loses_nothing(kafka: EmbeddedKafka, loaded):
     before = {k: metric(k, model="it") for k in (
         "undertow_labels_learned_total", "undertow_predictions_total")}
     expired_before = metric("undertow_pending_expired_total", model="it", reason="ttl")
-    run_main(build_flow(settings))
+    run_main(build_flow(settings, FRAUD))
 
     preds = [orjson.loads(m.value()) for m in consume_all(kafka.bootstrap_servers,
                                                           names["predictions"], 1)]

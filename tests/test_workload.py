@@ -347,9 +347,9 @@ def _reference_reason(payload: bytes) -> str | None:
     if not math.isfinite(obj["amount"]):
         return "not_finite"
     if obj["amount"] < 0:
-        return "negative_amount"
+        return "below_min"
     if obj["channel"] not in CHANNELS:
-        return "unknown_channel"
+        return "unknown_category"
     return None
 
 
@@ -397,9 +397,9 @@ def test_malformed_records_are_malformed_in_the_stated_way() -> None:
             with pytest.raises(ValueError):  # orjson rejects the NaN/Infinity literals
                 orjson.loads(payload)
             kinds_seen.add("nan" if math.isnan(obj["amount"]) else "inf")
-        elif reason == "negative_amount":
+        elif reason == "below_min":
             assert obj["amount"] < 0
-        elif reason == "unknown_channel":
+        elif reason == "unknown_category":
             assert obj["channel"] not in CHANNELS
     assert {"empty", "bad_json", "ts_string", "amount_string", "nan"} <= kinds_seen
 

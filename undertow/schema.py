@@ -7,15 +7,24 @@ edge, by :func:`decode_event` / :func:`decode_label`; a record that fails valida
 :class:`DeadLetter` value carrying its raw bytes and a machine-readable ``reason``. Nothing here
 raises on bad input.
 
-The event schema is data, not code (:class:`EventSchema`), so another stream can declare its own
-fields; :data:`FRAUD_EVENTS` is the card-transaction schema of the demo workload.
+The schemas are data, not code: an :class:`EventSchema` lists a stream's fields with their types
+and rules (:class:`FieldRule`), a :class:`LabelSchema` its label's fields and target; both come
+from the stream file (:mod:`undertow.stream`). Each rule a value breaks has its own reason,
+whatever the stream: ``missing_field``, ``wrong_type``, ``empty_field``, ``not_finite``,
+``below_min``, ``above_max``, ``unknown_category``.
 
->>> ev = decode_event(b'{"event_id":"e1","card_id":"c1","merchant_id":"m1",'
-...                   b'"amount":12.5,"channel":"pos","ts":1000}', FRAUD_EVENTS)
+>>> schema = EventSchema(key_field="card_id", fields=(
+...     FieldRule("amount", "number", min=0), FieldRule("channel", "category", values=("pos",))))
+>>> ev = decode_event(b'{"event_id":"e1","card_id":"c1","amount":12.5,"channel":"pos","ts":1000}',
+...                   schema)
 >>> (ev.event_id, ev.key, ev.ts, ev.fields["amount"])
 ('e1', 'c1', 1000, 12.5)
->>> decode_event(b'{"event_id":"e1"}', FRAUD_EVENTS).reason
+>>> decode_event(b'{"event_id":"e1"}', schema).reason
 'missing_field'
+>>> dl = decode_event(b'{"event_id":"e1","card_id":"c1","amount":-1,"channel":"pos","ts":1}',
+...                   schema)
+>>> dl.reason, dl.detail
+('below_min', "field 'amount' must be >= 0, got -1")
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ NOT_OBJECT = "not_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 NOT_FINITE = "not_finite"
-NEGATIVE_AMOUNT = "negative_amount"
-UNKNOWN_CHANNEL = "unknown_channel"
+BELOW_MIN = "below_min"
+ABOVE_MAX = "above_max"
+UNKNOWN_CATEGORY = "unknown_category"
 EMPTY_FIELD = "empty_field"
 KAFKA_ERROR = "kafka_error"
 DUPLICATE_EVENT = "duplicate_event"
@@ -58,8 +68,9 @@ DEAD_LETTER_REASONS = (
     MISSING_FIELD,
     WRONG_TYPE,
     NOT_FINITE,
-    NEGATIVE_AMOUNT,
-    UNKNOWN_CHANNEL,
+    BELOW_MIN,
+    ABOVE_MAX,
+    UNKNOWN_CATEGORY,
     EMPTY_FIELD,
     KAFKA_ERROR,
     DUPLICATE_EVENT,
@@ -82,7 +93,9 @@ class Event(NamedTuple):
     ``partition`` is the Kafka partition it came from (event-time watermarks are per partition);
     ``seq`` is its position in a replay's merged, time-ordered input (-1 when live), which the model
     step uses to process a replay in exactly that order whatever the batching (see
-    :mod:`connectors.replay`).
+    :mod:`connectors.replay`). Like a :class:`Label`, it keeps its raw bytes, record key and
+    source coordinates, so a step downstream that cannot use it (a late event, say)
+    dead-letters it losslessly.
     """
 
     event_id: str
@@ -92,6 +105,10 @@ class Event(NamedTuple):
     read_at: float = 0.0
     partition: int | None = None
     seq: int = -1
+    raw: bytes | None = None
+    topic: str | None = None
+    offset: int | None = None
+    record_key: bytes | None = None
 
 
 class Label(NamedTuple):
@@ -212,7 +229,12 @@ class Control(NamedTuple):
 
 
 class DeadLetter(NamedTuple):
-    """A record the dataflow could not use, with everything needed to replay or inspect it."""
+    """A record the dataflow could not use, with everything needed to replay or inspect it.
+
+    Built by the named constructors, so every dead letter carries its record's raw bytes, key and
+    coordinates: :meth:`of_bytes` at the edge (a record that did not decode),
+    :meth:`of_event` / :meth:`of_label` for a decoded record a later step cannot use.
+    """
 
     reason: str
     detail: str
@@ -224,47 +246,101 @@ class DeadLetter(NamedTuple):
     step: str = ""
     seq: int = -1  # position in a replay's merged input (-1 live): a gap the model step skips
 
+    @classmethod
+    def of_bytes(cls, reason: str, detail: str, raw: bytes | None, *, key: bytes | None = None,
+                 topic: str | None = None, partition: int | None = None,
+                 offset: int | None = None, step: str = "", seq: int = -1) -> DeadLetter:
+        """A record that could not be decoded or validated: its bytes as they came."""
+        return cls(reason, detail[:1000], raw, key, topic, partition, offset, step, seq)
+
+    @classmethod
+    def of_event(cls, ev: Event, reason: str, detail: str, step: str) -> DeadLetter:
+        """A decoded event a later step cannot use (late, say): its original bytes."""
+        return cls(reason, detail[:1000], ev.raw, ev.record_key, ev.topic, ev.partition,
+                   ev.offset, step, ev.seq)
+
+    @classmethod
+    def of_label(cls, lb: Label, reason: str, detail: str, step: str) -> DeadLetter:
+        """A decoded label the model step cannot learn (unknown, expired, duplicate...)."""
+        return cls(reason, detail[:1000], lb.raw, None, lb.topic, lb.partition, lb.offset,
+                   step, lb.seq)
+
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers that carry the error next to the untouched raw bytes."""
         return [
             ("undertow.error.reason", self.reason.encode()),
-            ("undertow.error.detail", self.detail.encode()),
+            ("undertow.error.detail", self.detail.encode("utf-8", "backslashreplace")),
             ("undertow.error.step", self.step.encode()),
-            ("undertow.error.topic", (self.topic or "").encode()),
+            ("undertow.error.topic", (self.topic or "").encode("utf-8", "backslashreplace")),
             ("undertow.error.partition", str(self.partition).encode()),
             ("undertow.error.offset", str(self.offset).encode()),
         ]
 
 
+#: The types a stream file can give a field.
+FIELD_TYPES = ("string", "number", "integer", "boolean", "category")
+
+
+class FieldRule(NamedTuple):
+    """One declared event field: its type and the rules its values keep.
+
+    ``string``: a non-empty string; ``number``: a finite int or float (not a boolean);
+    ``integer``: an int (not a boolean); ``boolean``; ``category``: a string among ``values``.
+    ``min`` / ``max`` bound numbers and integers (inclusive).
+    """
+
+    name: str
+    type: str
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class EventSchema:
-    """Names and types of an event stream's fields.
+    """Names of an event stream's id, key and time fields, and the rules of its other fields.
 
-    ``numeric`` fields must be finite numbers (bools are rejected); those in ``non_negative``
-    must also be >= 0. ``categorical`` maps a field to its allowed values. ``id_field``,
-    ``key_field`` and ``ts_field`` are required non-empty strings / an integer epoch-ms time.
+    ``id_field`` and ``key_field`` are required non-empty strings, ``ts_field`` an integer
+    epoch-ms time; every field in ``fields`` is required and must keep its rule.
     """
 
     id_field: str = "event_id"
     key_field: str = "card_id"
     ts_field: str = "ts"
-    strings: tuple[str, ...] = ()
-    numeric: tuple[str, ...] = ()
-    non_negative: tuple[str, ...] = ()
-    categorical: dict[str, frozenset[str]] = field(default_factory=dict)
+    fields: tuple[FieldRule, ...] = ()
+    _checks: tuple[tuple[str, int, Any, Any, frozenset[str] | None], ...] = field(
+        init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        checks = tuple(
+            (r.name, FIELD_TYPES.index(r.type), r.min, r.max,
+             frozenset(r.values) if r.type == "category" else None)
+            for r in self.fields if r.name not in (self.id_field, self.key_field, self.ts_field)
+        )
+        object.__setattr__(self, "_checks", checks)
+
+    def rule(self, name: str) -> FieldRule | None:
+        """The declared rule of ``name`` (the id and key are strings, the time an integer)."""
+        if name in (self.id_field, self.key_field):
+            return FieldRule(name, "string")
+        if name == self.ts_field:
+            return FieldRule(name, "integer", 0, MAX_TS_MS)
+        return next((r for r in self.fields if r.name == name), None)
 
 
-FRAUD_CHANNELS = frozenset({"pos", "online", "atm"})
+#: The targets a label can have (multi-class and regression are the targets issue's).
+TARGETS = ("binary",)
 
-FRAUD_EVENTS = EventSchema(
-    id_field="event_id",
-    key_field="card_id",
-    ts_field="ts",
-    strings=("merchant_id",),
-    numeric=("amount",),
-    non_negative=("amount",),
-    categorical={"channel": FRAUD_CHANNELS},
-)
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """Names of a label stream's fields and its target: ``value_field`` holds the truth."""
+
+    id_field: str = "event_id"
+    key_field: str = "card_id"
+    ts_field: str = "ts"
+    value_field: str = "is_fraud"
+    target: str = "binary"
 
 
 class _Invalid(Exception):
@@ -286,7 +362,10 @@ def _loads(raw: bytes | None) -> dict[str, Any]:
         # only fails on those is reported precisely as not_finite rather than as bad_json.
         try:
             obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            # The stdlib also accepts what orjson rightly refuses: lone surrogates, which no
+            # later step could encode or hash. Only text that is valid UTF-8 throughout passes.
+            json.dumps(obj, ensure_ascii=False).encode()
+        except (ValueError, UnicodeError, RecursionError):
             raise _Invalid(BAD_JSON, str(ex)) from None
     if not isinstance(obj, dict):
         raise _Invalid(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
@@ -332,30 +411,45 @@ def _number(obj: dict[str, Any], name: str) -> float:
     except OverflowError:  # an integer too large for a float
         finite = False
     if not finite:
-        raise _Invalid(NOT_FINITE, f"field {name!r} is not finite: {str(v)[:40]}")
+        raise _Invalid(NOT_FINITE, f"field {name!r} is not finite: {repr(v)[:40]}"
+                       if t is float else f"field {name!r} is not finite: too large")
     return v
 
 
-def _validate_event(
-    obj: dict[str, Any], schema: EventSchema, read_at: float, partition: int | None, seq: int
-) -> Event:
-    event_id = _string(obj, schema.id_field)
-    key = _string(obj, schema.key_field)
-    ts = _epoch_ms(obj, schema.ts_field)
-    for name in schema.strings:
-        _string(obj, name)
-    for name in schema.numeric:
-        _number(obj, name)
-    for name in schema.non_negative:
-        if obj[name] < 0:
-            reason = NEGATIVE_AMOUNT if name == "amount" else WRONG_TYPE
-            raise _Invalid(reason, f"field {name!r} must be >= 0, got {obj[name]!r}")
-    for name, allowed in schema.categorical.items():
-        v = _string(obj, name)
-        if v not in allowed:
-            reason = UNKNOWN_CHANNEL if name == "channel" else WRONG_TYPE
-            raise _Invalid(reason, f"field {name!r} has unknown value {v!r}")
-    return Event(event_id, key, ts, obj, read_at, partition, seq)
+_STRING, _NUMBER, _INTEGER, _BOOLEAN, _CATEGORY = range(len(FIELD_TYPES))
+
+
+def _bounded(name: str, v: Any, lo: Any, hi: Any) -> None:
+    if lo is not None and v < lo:
+        raise _Invalid(BELOW_MIN, f"field {name!r} must be >= {lo:g}, got {v!r}")
+    if hi is not None and v > hi:
+        raise _Invalid(ABOVE_MAX, f"field {name!r} must be <= {hi:g}, got {v!r}")
+
+
+def _check_fields(obj: dict[str, Any], schema: EventSchema) -> None:
+    for name, kind, lo, hi, values in schema._checks:
+        if kind == _NUMBER:
+            _bounded(name, _number(obj, name), lo, hi)
+        elif kind == _STRING:
+            _string(obj, name)
+        elif kind == _CATEGORY:
+            v = _get(obj, name)
+            if type(v) is not str:
+                raise _Invalid(WRONG_TYPE, f"field {name!r} must be a string, got "
+                                           f"{type(v).__name__}")
+            if v not in values:  # type: ignore[operator]
+                raise _Invalid(UNKNOWN_CATEGORY, f"field {name!r} has unknown value {v[:100]!r}")
+        elif kind == _INTEGER:
+            v = _get(obj, name)
+            if type(v) is not int:
+                raise _Invalid(WRONG_TYPE, f"field {name!r} must be an integer, got "
+                                           f"{type(v).__name__}")
+            _bounded(name, _number(obj, name), lo, hi)  # and within a float's range
+        else:
+            v = _get(obj, name)
+            if type(v) is not bool:
+                raise _Invalid(WRONG_TYPE, f"field {name!r} must be a boolean, got "
+                                           f"{type(v).__name__}")
 
 
 def decode_event(
@@ -372,16 +466,21 @@ def decode_event(
 ) -> Event | DeadLetter:
     """Decode and validate one event; a bad record becomes a :class:`DeadLetter` value."""
     try:
-        return _validate_event(_loads(raw), schema, read_at, partition, seq)
+        obj = _loads(raw)
+        event_id = _string(obj, schema.id_field)
+        event_key = _string(obj, schema.key_field)
+        ts = _epoch_ms(obj, schema.ts_field)
+        _check_fields(obj, schema)
+        return Event(event_id, event_key, ts, obj, read_at, partition, seq, raw, topic, offset,
+                     key)
     except _Invalid as ex:
         return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step, seq)
 
 
 def decode_label(
     raw: bytes | None,
+    schema: LabelSchema = LabelSchema(),
     *,
-    key_field: str = "card_id",
-    value_field: str = "is_fraud",
     read_at: float = 0.0,
     key: bytes | None = None,
     topic: str | None = None,
@@ -390,7 +489,7 @@ def decode_label(
     step: str = "",
     seq: int = -1,
 ) -> Label | DeadLetter:
-    """Decode and validate one label (``event_id``, key, boolean ``value_field``, ``ts``).
+    """Decode and validate one label (id, key, time and the value of its target).
 
     >>> decode_label(b'{"event_id":"e1","card_id":"c1","is_fraud":true,"ts":5}').value
     True
@@ -399,14 +498,13 @@ def decode_label(
     """
     try:
         obj = _loads(raw)
-        event_id = _string(obj, "event_id")
-        label_key = _string(obj, key_field)
-        ts = _epoch_ms(obj, "ts")
-        value = _get(obj, value_field)
+        event_id = _string(obj, schema.id_field)
+        label_key = _string(obj, schema.key_field)
+        ts = _epoch_ms(obj, schema.ts_field)
+        value = _get(obj, schema.value_field)
         if type(value) is not bool:
-            raise _Invalid(
-                WRONG_TYPE, f"field {value_field!r} must be a boolean, got {type(value).__name__}"
-            )
+            raise _Invalid(WRONG_TYPE, f"field {schema.value_field!r} must be a boolean, got "
+                                       f"{type(value).__name__}")
         return Label(event_id, label_key, ts, value, read_at, raw, topic, partition, offset, seq)
     except _Invalid as ex:
         return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step, seq)
