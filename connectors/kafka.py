@@ -29,7 +29,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from connectors import metrics
+from connectors import metrics, summary
 from connectors.settings import ConfigError, Settings
 from undertow.schema import DeadLetter, Prediction
 
@@ -213,11 +213,13 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         topic: str,
         encode: Callable[[X], Encoded],
         after_write: Callable[[list[X]], None] | None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._encode = encode
         self._after_write = after_write
+        self._on_close = on_close
         self._errors: list[str] = []
 
     def _on_delivery(self, err: object, _msg: object) -> None:
@@ -246,6 +248,8 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
 
     def close(self) -> None:
         self._producer.flush()
+        if self._on_close is not None:  # a bounded run: the last partition prints the summary
+            self._on_close()
 
 
 class ProducerSink(DynamicSink[X], Generic[X]):
@@ -269,10 +273,13 @@ class ProducerSink(DynamicSink[X], Generic[X]):
         self._topic = topic
         self._encode = encode
         self._after_write = after_write
+        self._bounded = not settings.tail
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition[X]:
+        on_close = (summary.END_OF_RUN.opened(step_id, worker_index, worker_count)
+                    if self._bounded else None)
         return _ProducerPartition(
-            Producer(self._config), self._topic, self._encode, self._after_write
+            Producer(self._config), self._topic, self._encode, self._after_write, on_close
         )
 
 
