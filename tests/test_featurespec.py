@@ -262,7 +262,7 @@ def test_the_clicks_spec_runs_through_the_same_dataflow():
     from connectors.settings import load_settings
     from dataflows.clicks import CLICKS
     from dataflows.fraud import build_flow
-    from undertow.clickstream import generate_clicks
+    from harness.clickstream import generate_clicks
     from undertow.models import make_model
     from undertow.reference import run_reference
 
