@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from undertow.schema import EventSchema
+from undertow.schema import EventSchema, FieldRule
 
 PAGES = ("home", "search", "product", "cart", "checkout")
 DEVICES = ("mobile", "desktop")
@@ -31,10 +31,12 @@ CLICK_EVENTS = EventSchema(
     id_field="event_id",
     key_field="user_id",
     ts_field="ts",
-    strings=("user_id",),
-    numeric=("dwell_s", "price"),
-    non_negative=("dwell_s", "price"),
-    categorical={"page": frozenset(PAGES), "device": frozenset(DEVICES)},
+    fields=(
+        FieldRule("page", "category", values=PAGES),
+        FieldRule("device", "category", values=DEVICES),
+        FieldRule("dwell_s", "number", min=0),
+        FieldRule("price", "number", min=0),
+    ),
 )
 
 
