@@ -119,8 +119,8 @@ def _build(text: str, expr: str) -> Any:
             warnings.simplefilter("ignore")
             tree = ast.parse(text, mode="eval")
     except SyntaxError as ex:
-        where = f" at column {ex.offset}" if ex.offset else ""
-        raise ModelError(f"model {expr!r}: not a valid expression ({ex.msg}{where})") from None
+        where = f"column {ex.offset}: " if ex.offset else ""
+        raise ModelError(f"model {expr!r}: not a valid expression ({where}{ex.msg})") from None
     except (ValueError, RecursionError, MemoryError) as ex:
         raise ModelError(f"model {expr!r}: not a valid expression ({_one_line(ex)})") from None
     try:
@@ -397,7 +397,8 @@ def _node_kind(node: ast.AST) -> str:
              ast.IfExp: "a conditional expression", ast.NamedExpr: "an assignment",
              ast.Await: "await", ast.Yield: "yield", ast.YieldFrom: "yield",
              ast.Starred: "'*' unpacking", ast.Slice: "a slice",
-             ast.UnaryOp: "a unary operator", ast.Constant: "a literal"}
+             ast.UnaryOp: "a unary operator", ast.Constant: "a literal", ast.List: "a list",
+             ast.Tuple: "a tuple", ast.Dict: "a dict", ast.Set: "a set"}
     return kinds.get(type(node), f"a {type(node).__name__} expression")
 
 
