@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,9 +30,11 @@ import orjson  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from river import metrics as rm  # noqa: E402
 
+from connectors.summary import samples_of, summary_lines, total  # noqa: E402
 from harness.generate import KafkaSink  # noqa: E402
 from harness.generate import run as write_workload
 from harness.kafka import EmbeddedKafka, free_port, read_topic  # noqa: E402
+from harness.process import ChildProcess  # noqa: E402
 from harness.workload import WorkloadConfig, drift_index  # noqa: E402
 
 DRIFT_UP = "undertow_concept_drift_detections_total"
@@ -47,19 +47,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | 
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
     except OSError:
         return None
-    out = {}
-    for fam in text_string_to_metric_families(text.decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(m: dict, name: str, **want: str) -> float:
-    """Sum of a metric's samples whose labels include ``want``."""
-    return sum(
-        v for (n, labels), v in m.items()
-        if n == name and all(dict(labels).get(k) == x for k, x in want.items())
-    )
+    return samples_of(text_string_to_metric_families(text.decode()))
 
 
 def quantile(m: dict, name: str, q: float) -> float:
@@ -153,7 +141,7 @@ def main() -> int:
         }
         cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"]
         print(f"  running: {' '.join(cmd[1:])}   (metrics: http://127.0.0.1:{port}/metrics)")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        proc = ChildProcess(cmd, cwd=ROOT, env=env, inherit_output=True, stop_timeout=30).start()
         if args.rate > 0:  # a live stream at the given rate while the dataflow runs
             print(f"  writing {args.events} events at {args.rate:g} events/s")
             writer.start()
@@ -164,7 +152,7 @@ def main() -> int:
         try:
             while time.monotonic() < deadline:
                 time.sleep(1.0)
-                if proc.poll() is not None:
+                if not proc.running:
                     print(f"\n  the dataflow exited with status {proc.returncode}", file=sys.stderr)
                     return 1
                 m = scrape(port)
@@ -193,10 +181,11 @@ def main() -> int:
                     last = now
                 if preds >= written["events"] and learned + label_dl + held >= written["labels"]:
                     done_at = now
+                    time.sleep(1.0)  # the last dead letters reach their counters: scrape again
+                    final = scrape(port) or final
                     break
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            proc.stop(30)
         print()
         if done_at is None:
             print("  timed out before every record was accounted for", file=sys.stderr)
@@ -219,24 +208,16 @@ def main() -> int:
                  if p["event_id"] in labels and p["event_ts"] >= drift_ts]
         first_hour = [(labels[p["event_id"]], p["score"]) for p in preds
                       if p["event_id"] in labels and drift_ts <= p["event_ts"] < drift_ts + 3600_000]
-        reasons: dict[str, int] = {}
-        for d in dead:
-            r = dict(d.headers() or [])["undertow.error.reason"].decode()
-            reasons[r] = reasons.get(r, 0) + 1
         elapsed = (last or done_at) - (first_pred_at or done_at) + 1.0  # 1 s scrape granularity
         m = final
         print("summary")
-        print(f"  events read            {int(total(m, 'undertow_records_read_total', stream='events'))}"
-              f" ({written['events']} valid + {written['malformed']} malformed)")
-        print(f"  predictions            {len(preds)}")
-        print(f"  labels learned         {int(total(m, 'undertow_labels_learned_total'))}"
-              f" of {n_labels}; held until their time: "
-              f"{int(total(m, 'undertow_labels_waiting_for_time'))}; waiting for their event: "
-              f"{int(total(m, 'undertow_early_labels_waiting'))}")
-        print(f"  expiries               {int(total(m, 'undertow_pending_expired_total'))} "
-              f"predictions never labelled within {args.label_ttl_s:.0f} s; "
-              f"{int(total(m, 'undertow_pending_predictions'))} still pending")
-        print(f"  dead letters           {len(dead)}  {dict(sorted(reasons.items()))}")
+        print(f"  written                {written['events']} events, {n_labels} labels, "
+              f"{written['malformed']} malformed records")
+        for line in summary_lines(m):  # the lines a bounded live run prints at its end
+            print(line)
+        counted = int(total(m, "undertow_dead_letters_total"))
+        if len(dead) != counted:
+            print(f"  (the dead-letter topic holds {len(dead)} records, the metrics count {counted})")
         print(f"  before the drift       {quality(before)}")
         print(f"  first hour after it    {quality(first_hour)}")
         print(f"  after the drift        {quality(after)}")
