@@ -75,7 +75,8 @@ class Settings(BaseModel):
     drift_every: int = Field(5000, gt=0)
     drift_refresh_every: int = Field(0, ge=0)
     #: Challengers scored in shadow on the same events, learning from the same labels:
-    #: "name=kind,name=kind" with the kinds of UNDERTOW_MODEL; empty for none.
+    #: "name=model,name=model" with the models of UNDERTOW_MODEL; empty = the stream file's
+    #: other models (set, it replaces them).
     challengers: str = ""
     #: Optional promotion rule: a challenger beating the champion by the margin on this rolling
     #: metric ("roc_auc", "accuracy" or "log_loss") becomes the champion; empty = off.
@@ -109,7 +110,8 @@ class Settings(BaseModel):
     #: Entity state is split into this many shards, spread over the workers by Bytewax.
     feature_shards: int = Field(32, gt=0)
     #: Records up to this much older than the newest seen still get exact window features.
-    allowed_lateness_s: float = Field(300.0, ge=0)
+    #: Unset: the stream file's ``allowed_lateness``.
+    allowed_lateness_s: float | None = Field(None, ge=0)
 
     @field_validator("kafka_bootstrap_servers", "events_topic", "labels_topic",
                      "predictions_topic", "deadletter_topic")
@@ -150,7 +152,7 @@ class Settings(BaseModel):
 
     @property
     def challenger_models(self) -> dict[str, str]:
-        """The challengers as name -> model kind."""
+        """The challengers as name -> model expression."""
         return parse_challengers(self.challengers)
 
     @property
@@ -244,7 +246,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     >>> load_settings({"UNDERTOW_LABEL_TTL_S": "-1"})
     Traceback (most recent call last):
     ...
-    connectors.settings.ConfigError: UNDERTOW_LABEL_TTL_S: Input should be greater than 0 (got '-1')
+    undertow.errors.ConfigError: UNDERTOW_LABEL_TTL_S: Input should be greater than 0 (got '-1')
     """
     env = dict(os.environ if environ is None else environ)
     values: dict[str, object] = {}

@@ -55,7 +55,7 @@ from operators.decode import decode_controls, decode_events, decode_labels
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
 from undertow.drift import FeatureDrift
-from undertow.learning import OnlineLearner, PromotionRule
+from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
 from undertow.schema import DeadLetter, Event
 from undertow.stream import Stream as StreamFile
@@ -119,28 +119,31 @@ def make_learner(
     if s.start_checkpoint:
         model, meta = load_checkpoint(_store(s).resolve(s.start_checkpoint, champ))
         version, learned = int(meta["version"]), int(meta["labels_learned"])
-    learner = OnlineLearner(
-        champ,
-        model,
-        version=version,
-        challengers={name: make_model(expr, seed=s.model_seed) for name, expr in challengers},
-        promotion=promotion,
-        ttl_clock=s.label_ttl_clock,
-        wall_clock=None if replay else time.time,
-        emit_outcomes=replay,
+    config = LearnerConfig(
         label_ttl_ms=int(settings.label_ttl_s * 1000),
         early_label_ttl_ms=int(settings.early_label_ttl_s * 1000),
+        ttl_clock=s.label_ttl_clock,
         max_pending=settings.max_pending,
         threshold=settings.threshold,
         quality_window=settings.quality_window,
+        label_partitions=label_partitions,
+        event_partitions=event_partitions,
+        promotion=promotion,
+        emit_outcomes=replay,
+    )
+    learner = OnlineLearner(
+        champ,
+        model,
+        config,
+        version=version,
+        challengers={name: make_model(expr, seed=s.model_seed) for name, expr in challengers},
         feature_drift=FeatureDrift(
             reference_size=settings.drift_reference_size,
             recent_size=settings.drift_recent_size,
             every=settings.drift_every,
             refresh_every=settings.drift_refresh_every,
         ),
-        label_partitions=label_partitions,
-        event_partitions=event_partitions,
+        wall_clock=None if replay else time.time,
     )
     learner.slots[champ].labels_learned = learned
     return learner
@@ -195,9 +198,11 @@ def featurize(
     partitions: Callable[[], int | None] | None = None,
 ) -> FeaturesOut:
     """The stream's features of each event, as of its own time (shared with bulk scoring)."""
+    lateness = stream.features.allowed_lateness_ms if s.allowed_lateness_s is None \
+        else int(s.allowed_lateness_s * 1000)
     return spec_features(
         "features", events, spec=stream.features, shards=s.feature_shards,
-        allowed_lateness_ms=int(s.allowed_lateness_s * 1000), partitions=partitions,
+        allowed_lateness_ms=lateness, partitions=partitions,
     )
 
 
