@@ -148,7 +148,10 @@ def _print_summary(workers: list[int], worker_count: int) -> None:
     w = f"{local} worker" + ("s" if local != 1 else "")
     head = (f"undertow: end of input; summary of process {process} of {processes} ({w}) from "
             f"its own metrics" + ("; every process prints its own" if processes > 1 else ""))
-    text = "\n".join([head, *summary_lines(registry_samples())])
+    try:
+        text = "\n".join([head, *summary_lines(registry_samples())])
+    except Exception as ex:  # a summary that cannot be built must not fail a finished run
+        text = f"undertow: end of input; no summary ({type(ex).__name__}: {ex})"
     print(text, file=sys.stderr, flush=True)
 
 
