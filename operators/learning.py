@@ -28,10 +28,18 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from connectors import metrics
-from undertow.learning import EXPIRY_CAPACITY, EXPIRY_TTL, LearnerCounts, OnlineLearner
+from undertow.learning import (
+    EXPIRY_CAPACITY,
+    EXPIRY_TTL,
+    LearnerConfig,
+    OnlineLearner,
+    SlotReport,
+    StepReport,
+)
 from undertow.schema import (
     BAD_CONTROL,
     CONTROL_COMMANDS,
+    DUPLICATE_EVENT,
     Control,
     DeadLetter,
     FeaturedEvent,
@@ -41,7 +49,7 @@ from undertow.schema import (
     Prediction,
 )
 
-__all__ = ["LearnOut", "OnlineLearner", "serve_and_learn"]
+__all__ = ["LearnOut", "LearnerConfig", "OnlineLearner", "serve_and_learn"]
 
 log = logging.getLogger("undertow.model")
 
@@ -68,16 +76,17 @@ class ModelStepState:
     tiebreak: int = 0
 
 
-class _MetricsPump:
-    """Moves a learner's counts and observations into Prometheus after each batch.
+class _ReportExporter:
+    """Exports a learner's :class:`~undertow.learning.StepReport` to Prometheus after each batch.
 
     Join counts (expiries, early labels, duplicates) are the step's, labelled with the step's
     model name; predictions, learned labels, quality, drift and version are per model slot.
     """
 
-    def __init__(self, learner: OnlineLearner) -> None:
-        self.name = m = learner.name
-        self.seen = _copy_counts(learner.counts)
+    def __init__(self, model: str, step_id: str) -> None:
+        self.name = m = model
+        self.step_id = step_id
+        # Series exist at zero from the start, so dashboards show 0 and rate() sees the first count.
         self.expired = {
             why: metrics.PENDING_EXPIRED.labels(model=m, reason=why)
             for why in (EXPIRY_TTL, EXPIRY_CAPACITY)
@@ -85,93 +94,63 @@ class _MetricsPump:
         self.early = metrics.EARLY_LABELS.labels(model=m)
         self.early_expired = metrics.EARLY_LABELS_EXPIRED.labels(model=m)
         self.duplicates = metrics.DUPLICATE_EVENTS.labels(model=m)
-        # Per slot: (predictions, labels learned) already exported, and drift detections.
-        self.seen_slots: dict[str, tuple[int, int]] = {}
-        self.seen_detections: dict[tuple[str, str, str, str], int] = {}
-        self.seen_promotions = len(learner.promotions)
-        # A resumed learner's counts were exported by the process that snapshotted it.
-        for slot in learner.slots.values():
-            self.seen_slots[slot.name] = (slot.predictions, slot.labels_learned)
-            for stream, cd in (("error", slot.error_drift), ("score", slot.score_drift)):
-                for (det, direction), n in cd.detections.items():
-                    self.seen_detections[(slot.name, stream, det, direction)] = n
-        self.seen_refreshes = learner.feature_drift.refreshes
 
-    def pump(self, learner: OnlineLearner, step_id: str) -> None:
-        c, s = learner.counts, self.seen
+    def export(self, r: StepReport) -> None:
+        m, step_id = self.name, self.step_id
         for why, counter in self.expired.items():
-            counter.inc(c.pending_expired[why] - s.pending_expired[why])
-        self.early.inc(c.early_labels - s.early_labels)
-        self.early_expired.inc(c.early_expired - s.early_expired)
-        self.duplicates.inc(c.duplicate_events - s.duplicate_events)
-        for reason, n in c.label_dead_letters.items():
-            d = n - s.label_dead_letters.get(reason, 0)
-            if d:
-                metrics.DEAD_LETTERS.labels(step=step_id, reason=reason).inc(d)
-        if c.duplicate_events != s.duplicate_events:
-            metrics.DEAD_LETTERS.labels(step=step_id, reason="duplicate_event").inc(
-                c.duplicate_events - s.duplicate_events
+            counter.inc(r.pending_expired.get(why, 0))
+        self.early.inc(r.early_labels)
+        self.early_expired.inc(r.early_expired)
+        self.duplicates.inc(r.duplicate_events)
+        for reason, n in r.label_dead_letters.items():
+            metrics.DEAD_LETTERS.labels(step=step_id, reason=reason).inc(n)
+        if r.duplicate_events:
+            metrics.DEAD_LETTERS.labels(step=step_id, reason=DUPLICATE_EVENT).inc(
+                r.duplicate_events
             )
-        self.seen = _copy_counts(c)
-        m = self.name
-        metrics.LABEL_DELAY.observe_many(learner.label_delays_s, m)
-        learner.label_delays_s.clear()
-        metrics.EVENT_LAG.observe_many(learner.event_lags_s, m)
-        learner.event_lags_s.clear()
-        metrics.PENDING.labels(model=m).set(len(learner.pending))
-        metrics.EARLY_WAITING.labels(model=m).set(len(learner.early))
-        metrics.LABELS_WAITING.labels(model=m).set(learner.waiting_labels)
-        if learner.clock is not None:
-            metrics.MODEL_CLOCK.labels(model=m).set(learner.clock / 1000.0)
-        for slot in learner.slots.values():
-            self._pump_slot(learner, slot)
-        self._pump_features(learner)
-        if len(learner.promotions) != self.seen_promotions:
-            for pr in list(learner.promotions)[self.seen_promotions:]:
-                metrics.PROMOTIONS.labels(model=m).inc()
-                log.warning("model step %r: promoted %r over %r at event time %d (%s)",
-                            m, pr.new, pr.old, pr.ts, pr.reason)
-            self.seen_promotions = len(learner.promotions)
-        for name in learner.slots:
-            metrics.CHAMPION.labels(model=name).set(1.0 if name == learner.champion else 0.0)
-
-    def _pump_slot(self, learner: OnlineLearner, slot: Any) -> None:
-        n = slot.name
-        preds, learned = self.seen_slots.get(n, (0, 0))
-        metrics.PREDICTIONS.labels(model=n).inc(slot.predictions - preds)
-        metrics.LABELS_LEARNED.labels(model=n).inc(slot.labels_learned - learned)
-        self.seen_slots[n] = (slot.predictions, slot.labels_learned)
-        q = slot.quality
-        metrics.ACCURACY.labels(model=n).set(q.accuracy)
-        metrics.LOG_LOSS.labels(model=n).set(q.log_loss)
-        metrics.ROC_AUC.labels(model=n).set(q.roc_auc)
-        metrics.MODEL_VERSION.labels(model=n).set(slot.version)
-        if slot.last_learn_at is not None:
-            metrics.LAST_LEARN.labels(model=n).set(slot.last_learn_at)
-        for stream, cd in (("error", slot.error_drift), ("score", slot.score_drift)):
-            for (detector, direction), count in cd.detections.items():
-                key = (n, stream, detector, direction)
-                d = count - self.seen_detections.get(key, 0)
-                counter = metrics.CONCEPT_DRIFT_DETECTIONS.labels(
-                    model=n, detector=detector, stream=stream, direction=direction
-                )
-                if d:
-                    counter.inc(d)
-                self.seen_detections[key] = count
-            metrics.CONCEPT_DRIFT_ESTIMATE.labels(model=n, detector="adwin", stream=stream).set(
-                cd.estimate
-            )
-
-    def _pump_features(self, learner: OnlineLearner) -> None:
-        m = self.name
-        fd = learner.feature_drift
-        for feature, (psi, ks) in fd.scores.items():
+        metrics.LABEL_DELAY.observe_many(r.label_delays_s, m)
+        metrics.EVENT_LAG.observe_many(r.event_lags_s, m)
+        metrics.PENDING.labels(model=m).set(r.pending)
+        metrics.EARLY_WAITING.labels(model=m).set(r.early_waiting)
+        metrics.LABELS_WAITING.labels(model=m).set(r.labels_waiting)
+        if r.clock is not None:
+            metrics.MODEL_CLOCK.labels(model=m).set(r.clock / 1000.0)
+        for slot in r.slots:
+            self._export_slot(slot)
+        for feature, (psi, ks) in r.feature_drift.items():
             metrics.FEATURE_PSI.labels(model=m, feature=feature).set(psi)
             metrics.FEATURE_KS.labels(model=m, feature=feature).set(ks)
         refreshes = metrics.FEATURE_REFERENCE_REFRESHES.labels(model=m)
-        if fd.refreshes != self.seen_refreshes:
-            refreshes.inc(fd.refreshes - self.seen_refreshes)
-            self.seen_refreshes = fd.refreshes
+        if r.feature_refreshes:
+            refreshes.inc(r.feature_refreshes)
+        for pr in r.promotions:
+            metrics.PROMOTIONS.labels(model=m).inc()
+            log.warning("model step %r: promoted %r over %r at event time %d (%s)",
+                        m, pr.new, pr.old, pr.ts, pr.reason)
+        for slot in r.slots:
+            metrics.CHAMPION.labels(model=slot.name).set(1.0 if slot.champion else 0.0)
+
+    @staticmethod
+    def _export_slot(s: SlotReport) -> None:
+        n = s.name
+        metrics.PREDICTIONS.labels(model=n).inc(s.predictions)
+        metrics.LABELS_LEARNED.labels(model=n).inc(s.labels_learned)
+        metrics.ACCURACY.labels(model=n).set(s.quality["accuracy"])
+        metrics.LOG_LOSS.labels(model=n).set(s.quality["log_loss"])
+        metrics.ROC_AUC.labels(model=n).set(s.quality["roc_auc"])
+        metrics.MODEL_VERSION.labels(model=n).set(s.version)
+        if s.last_learn_at is not None:
+            metrics.LAST_LEARN.labels(model=n).set(s.last_learn_at)
+        for (stream, detector, direction), d in s.drift_detections.items():
+            counter = metrics.CONCEPT_DRIFT_DETECTIONS.labels(
+                model=n, detector=detector, stream=stream, direction=direction
+            )
+            if d:
+                counter.inc(d)
+        for stream, estimate in s.drift_estimates.items():
+            metrics.CONCEPT_DRIFT_ESTIMATE.labels(model=n, detector="adwin", stream=stream).set(
+                estimate
+            )
 
 
 #: Loads a checkpoint path into (model, version or None) for the ``swap`` command.
@@ -195,7 +174,11 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
         self.ordered = ordered
         self.load_model = load_model
         self.after_batch = after_batch
-        self.pump = _MetricsPump(state.learner)
+        self.exporter = _ReportExporter(state.learner.name, step_id)
+        # What a resumed learner did was exported by the process that snapshotted it, and a
+        # model started from a checkpoint brings its labels with it: only what happens from
+        # now on is news.
+        state.learner.take_report()
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
@@ -275,7 +258,7 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
         learner = self.state.learner
         if learner.wall_ttl:
             learner.on_wall_clock(out)
-        self.pump.pump(learner, self.step_id)
+        self.exporter.export(learner.take_report())
         if self.ordered:
             metrics.REORDER_BUFFER.labels(model=learner.name).set(len(self.state.buffer))
         if self.after_batch is not None:
@@ -321,13 +304,6 @@ def _record_order(v: Any) -> tuple[int, int, str]:
     return (-1, -1, "")  # commands first: they apply to the batch they came with
 
 
-def _copy_counts(c: LearnerCounts) -> LearnerCounts:
-    return LearnerCounts(
-        c.events, c.labels, c.learned, c.duplicate_events, dict(c.pending_expired),
-        c.early_labels, c.early_expired, dict(c.label_dead_letters),
-    )
-
-
 @operator
 def serve_and_learn(
     step_id: str,
@@ -357,9 +333,9 @@ def serve_and_learn(
     >>> evs = op.input("evs", flow, TestingSource(
     ...     [FeaturedEvent(Event("e1", "c1", 1000, {}), {"x": 1.0})]))
     >>> lbs = op.input("lbs", flow, TestingSource([]))
+    >>> config = LearnerConfig(label_ttl_ms=60_000, early_label_ttl_ms=0)
     >>> out = serve_and_learn("model", evs, lbs, model_name="m", make_learner=lambda: OnlineLearner(
-    ...     "m", linear_model.LogisticRegression(), label_ttl_ms=60_000,
-    ...     early_label_ttl_ms=0, wall_clock=lambda: 0.0))
+    ...     "m", linear_model.LogisticRegression(), config, wall_clock=lambda: 0.0))
     >>> preds = []
     >>> op.output("out", out.predictions, TestingSink(preds))
     >>> run_main(flow)

@@ -26,7 +26,7 @@ from dataflows.stream import build_flow, shipped
 
 FRAUD = shipped("fraud")
 from harness.workload import WorkloadConfig, generate
-from undertow.learning import OnlineLearner
+from undertow.learning import LearnerConfig, OnlineLearner
 from undertow.models import make_model
 from undertow.reference import run_reference
 from undertow.schema import Event, FeaturedEvent, Label
@@ -35,8 +35,9 @@ PROBES = [{"x": 0.3, "y": -1.0}, {"x": 2.0, "y": 0.5}]
 
 
 def trained(n: int = 50) -> OnlineLearner:
-    lr = OnlineLearner("m", make_model("logreg"), label_ttl_ms=10**9, early_label_ttl_ms=0,
-                       wall_clock=None, challengers={"c": linear_model.LogisticRegression()})
+    lr = OnlineLearner("m", make_model("logreg"), LearnerConfig(label_ttl_ms=10**9,
+                       early_label_ttl_ms=0), wall_clock=None,
+                       challengers={"c": linear_model.LogisticRegression()})
     out: list = []
     for i in range(n):
         lr.on_event(FeaturedEvent(Event(f"e{i}", "k", i * 10, {}), PROBES[i % 2]), out)

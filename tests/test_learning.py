@@ -9,7 +9,7 @@ import pytest
 from river import datasets, evaluate, linear_model, metrics, preprocessing, stream
 from river.datasets import synth
 
-from undertow.learning import OnlineLearner
+from undertow.learning import LearnerConfig, OnlineLearner
 from undertow.schema import DeadLetter, Event, FeaturedEvent, Label, Prediction
 
 
@@ -21,10 +21,8 @@ def learner(model=None, *, ttl=10_000_000, early=0, **kw) -> OnlineLearner:
     return OnlineLearner(
         "m",
         model if model is not None else linear_model.LogisticRegression(),
-        label_ttl_ms=ttl,
-        early_label_ttl_ms=early,
+        LearnerConfig(label_ttl_ms=ttl, early_label_ttl_ms=early, **kw),
         wall_clock=fixed_clock,
-        **kw,
     )
 
 

@@ -23,8 +23,8 @@ from connectors.kafka import KafkaRecord
 from operators.decode import decode_events, decode_labels
 from operators.learning import serve_and_learn
 from tests.test_learning import DELAYS, STREAMS, _model
-from undertow.learning import OnlineLearner
-from undertow.schema import EventSchema, FeaturedEvent
+from undertow.learning import LearnerConfig, OnlineLearner
+from undertow.schema import EventSchema, FeaturedEvent, FieldRule, LabelSchema
 
 
 def encoded(stream_name: str, delay_name: str):
@@ -61,7 +61,8 @@ def encoded(stream_name: str, delay_name: str):
 
 def flow_for(names: list[str], events_in, labels_in, *, ordered: bool, gaps=None) -> tuple:
     flow = Dataflow("oracle_flow")
-    schema = EventSchema(id_field="event_id", key_field="key", ts_field="ts", numeric=tuple(names))
+    schema = EventSchema(id_field="event_id", key_field="key", ts_field="ts",
+                         fields=tuple(FieldRule(n, "number") for n in names))
     if ordered:
         merged = op.input("replay", flow, events_in)
         split = op.branch("split", merged, lambda r: r.topic == "events")
@@ -70,14 +71,16 @@ def flow_for(names: list[str], events_in, labels_in, *, ordered: bool, gaps=None
         raw_events = op.input("events", flow, events_in)
         raw_labels = op.input("labels", flow, labels_in)
     evs = decode_events("decode_events", raw_events, schema=schema)
-    lbs = decode_labels("decode_labels", raw_labels, key_field="key", value_field="y")
+    lbs = decode_labels("decode_labels", raw_labels,
+                        schema=LabelSchema(key_field="key", value_field="y"))
     featured = op.map("pass_through", evs.oks,
                       lambda e: FeaturedEvent(e, {n: e.fields[n] for n in names}))
     out = serve_and_learn(
         "model", featured, lbs.oks, model_name="m", ordered=ordered,
         gaps=op.merge("gaps", evs.errs, lbs.errs) if ordered else None,
-        make_learner=lambda: OnlineLearner("m", _model(), label_ttl_ms=10**12,
-                                           early_label_ttl_ms=0, wall_clock=None),
+        make_learner=lambda: OnlineLearner(
+            "m", _model(), LearnerConfig(label_ttl_ms=10**12, early_label_ttl_ms=0),
+            wall_clock=None),
     )
     preds: list = []
     summaries: list = []

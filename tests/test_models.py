@@ -12,7 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from river import linear_model, metrics, preprocessing, tree
 
 from operators.learning import serve_and_learn
-from undertow.learning import OnlineLearner, PromotionRule
+from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.schema import (
     Control,
     DeadLetter,
@@ -33,11 +33,11 @@ def hat_model():
     return tree.HoeffdingAdaptiveTreeClassifier(seed=7)
 
 
-def make(model, *, challengers=None, **kw) -> OnlineLearner:
+def make(model, *, challengers=None, wall_clock=None, **kw) -> OnlineLearner:
     kw.setdefault("label_ttl_ms", 10_000_000)
     kw.setdefault("early_label_ttl_ms", 0)
-    kw.setdefault("wall_clock", None)
-    return OnlineLearner("champ", model, challengers=challengers, **kw)
+    return OnlineLearner("champ", model, LearnerConfig(**kw), challengers=challengers,
+                         wall_clock=wall_clock)
 
 
 def stream(n: int, *, seed: int = 1, delay: int = 5000, flip_at: int | None = None) -> list:
@@ -76,10 +76,9 @@ def scores(out: list, model: str) -> list[tuple[str, float, int]]:
 def test_challengers_score_exactly_what_they_would_score_alone():
     recs = stream(600)
     both = feed(make(lr_model(), challengers={"tree": hat_model()}), recs)
-    alone_lr = feed(OnlineLearner("champ", lr_model(), label_ttl_ms=10_000_000,
-                                  early_label_ttl_ms=0, wall_clock=None), recs)
-    alone_tree = feed(OnlineLearner("tree", hat_model(), label_ttl_ms=10_000_000,
-                                    early_label_ttl_ms=0, wall_clock=None), recs)
+    config = LearnerConfig(label_ttl_ms=10_000_000, early_label_ttl_ms=0)
+    alone_lr = feed(OnlineLearner("champ", lr_model(), config, wall_clock=None), recs)
+    alone_tree = feed(OnlineLearner("tree", hat_model(), config, wall_clock=None), recs)
     assert scores(both, "champ") == scores(alone_lr, "champ")
     assert scores(both, "tree") == scores(alone_tree, "tree")
     served = {p.model: p.served for p in both if type(p) is Prediction}
@@ -267,7 +266,7 @@ def test_fraud_flow_with_a_challenger_serves_the_champion_and_exports_per_model_
 
     from connectors.kafka import KafkaRecord
     from connectors.settings import load_settings
-    from dataflows.fraud import build_flow
+    from dataflows.stream import build_flow, shipped
     from undertow.models import make_model
     from undertow.reference import run_reference
     from harness.workload import WorkloadConfig, generate
@@ -286,7 +285,7 @@ def test_fraud_flow_with_a_challenger_serves_the_champion_and_exports_per_model_
     served: list = []
     shadow: list = []
     summaries: list = []
-    flow = build_flow(settings, sources={
+    flow = build_flow(settings, shipped("fraud"), sources={
         "events": TestingSource(events, batch_size=50),
         "labels": TestingSource(labels, batch_size=len(labels)),
     }, sinks={"predictions": TestingSink(served), "shadow": TestingSink(shadow),
