@@ -45,7 +45,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["ChildExited", "ChildProcess", "NotReady", "ProcessError", "file_tail", "run"]
+__all__ = [
+    "ChildExited", "ChildProcess", "NotReady", "ProcessError", "file_tail", "run", "stop_all",
+]
 
 #: Seconds :meth:`ChildProcess.stop` waits after SIGTERM before it sends SIGKILL.
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -132,6 +134,7 @@ class ChildProcess:
         self._tmp_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._reaped = False
+        self._terminated = False
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -191,7 +194,8 @@ class ChildProcess:
                 self._requested_log.parent.mkdir(parents=True, exist_ok=True)
                 self._log_path = self._requested_log
             else:
-                self._tmp_dir = Path(tempfile.mkdtemp(prefix=f"undertow-{self.name}-"))
+                slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.name).strip("-")[:40]
+                self._tmp_dir = Path(tempfile.mkdtemp(prefix=f"undertow-{slug}-"))
                 self._log_path = self._tmp_dir / "child.log"
             log = open(self._log_path, "ab" if self._append_log else "wb")  # noqa: SIM115
             opened.append(log)
@@ -213,6 +217,7 @@ class ChildProcess:
             for f in opened:  # the child keeps its own descriptors
                 f.close()
         self._reaped = False
+        self._terminated = False
         return self
 
     def wait_ready(
@@ -259,7 +264,8 @@ class ChildProcess:
             return None
         if not self._reaped:
             if self._exit_status() is None:
-                self._signal(signal.SIGTERM)
+                if not self._terminated:  # terminate() may have sent it already
+                    self._signal(signal.SIGTERM)
                 grace = self.stop_timeout if timeout is None else timeout
                 if not self._wait_exit(grace):
                     self._signal(signal.SIGKILL)
@@ -267,6 +273,13 @@ class ChildProcess:
             self._reap()
         self._remove_tmp()
         return self._proc.returncode
+
+    def terminate(self) -> None:
+        """Send SIGTERM now and return (:meth:`stop` waits and escalates; :func:`stop_all`)."""
+        self._require_started()
+        if not self._reaped and self._exit_status() is None:
+            self._signal(signal.SIGTERM)
+            self._terminated = True
 
     def kill(self) -> int:
         """SIGKILL now (a crash, as the recovery tests need), wait and reap; the exit status."""
@@ -358,6 +371,19 @@ class ChildProcess:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
             self._log_path = None
+
+
+def stop_all(children: Sequence[ChildProcess], timeout: float | None = None) -> list[int | None]:
+    """Stop several children at once: SIGTERM to all, one shared grace period, SIGKILL to the
+    rest, reap all; their exit statuses (peers of one cluster then shut down together)."""
+    started = [c for c in children if c.started]
+    for c in started:
+        c.terminate()
+    grace = max((c.stop_timeout for c in started), default=0.0) if timeout is None else timeout
+    deadline = time.monotonic() + grace
+    for c in started:
+        c.stop(max(0.0, deadline - time.monotonic()))
+    return [c.stop() for c in children]
 
 
 def run(

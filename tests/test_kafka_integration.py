@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,9 @@ from connectors.settings import load_settings
 from dataflows.stream import build_flow, shipped
 
 FRAUD = shipped("fraud")
+from harness.dataflow import start_dataflow
 from harness.kafka import EmbeddedKafka, free_port, read_topic
+from harness.process import stop_all
 from harness.workload import WorkloadConfig, generate, malformed_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,9 +159,7 @@ def test_bytewax_run_serves_metrics_on_the_api_port(kafka: EmbeddedKafka, loaded
     kafka.create_topics(list(out.values()))
     env = dataflow_env(kafka, names, out, BYTEWAX_DATAFLOW_API_ENABLED="true",
                        BYTEWAX_DATAFLOW_API_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = start_dataflow("dataflows.fraud:flow", env=env)
     try:
         text, deadline = "", time.time() + 60
         while time.time() < deadline:
@@ -182,10 +181,9 @@ def test_bytewax_run_serves_metrics_on_the_api_port(kafka: EmbeddedKafka, loaded
                        "undertow_feature_drift_ks", "undertow_model_last_learn_timestamp_seconds",
                        "undertow_feature_entities", "bytewax_kafka_consumer_lag"):
             assert family in text, family
-        assert proc.poll() is None  # live mode keeps running
+        assert proc.running  # live mode keeps running
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+        proc.stop(10)
 
 
 def test_bad_setting_stops_start_up_with_one_line():
@@ -228,10 +226,8 @@ def test_two_processes_share_the_work_and_each_serves_its_metrics(kafka: Embedde
     for i in range(2):
         env = dataflow_env(kafka, names, out, BYTEWAX_DATAFLOW_API_ENABLED="true",
                            BYTEWAX_DATAFLOW_API_PORT=str(ports[i]))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow", "-i", str(i), "-a",
-             addresses], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, start_new_session=True))
+        procs.append(start_dataflow("dataflows.fraud:flow", "-i", str(i), "-a", addresses,
+                                    env=env))
     try:
         deadline, reads = time.time() + 90, [0.0, 0.0]
         while time.time() < deadline:
@@ -257,10 +253,7 @@ def test_two_processes_share_the_work_and_each_serves_its_metrics(kafka: Embedde
         ids = sorted(orjson.loads(m.value())["event_id"] for m in preds)
         assert ids == sorted(e["event_id"] for e in w.events)
     finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(20)
+        stop_all(procs, timeout=20)
 
 
 def test_a_missing_topic_stops_the_dataflow_naming_the_setting(kafka: EmbeddedKafka, loaded):

@@ -4,9 +4,6 @@ from the control topic, under ``python -m bytewax.run`` as a user runs it."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +12,7 @@ import orjson
 from river import linear_model
 
 from connectors.checkpoint import ModelStore
+from harness.dataflow import start_dataflow
 from harness.kafka import EmbeddedKafka, free_port, read_topic
 from tests.test_kafka_integration import dataflow_env, produce
 
@@ -68,10 +66,7 @@ def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics, 
         BYTEWAX_DATAFLOW_API_ENABLED="true", BYTEWAX_DATAFLOW_API_PORT=str(port),
     )
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"undertow-lifecycle-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = start_dataflow("dataflows.fraud:flow", env=env, log_path=log)
     try:
         t0 = 1_700_000_000_000
         produce(kafka.bootstrap_servers, names["events"], [event(i, t0 + i) for i in range(50)])
@@ -123,10 +118,9 @@ def test_wall_clock_ttl_and_control_commands_live(kafka: EmbeddedKafka, topics, 
         wait_for(port, "the window to close", lambda m: m.get(
             'undertow_feature_windows_closed_total{step="undertow_fraud.features.merchant_id_'
             'features"}') == 1.0)
-        assert proc.poll() is None
+        assert proc.running
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
+        proc.stop(20)
     served = [orjson.loads(r.value()) for r in read_topic(kafka.bootstrap_servers,
                                                            names["predictions"])]
     shadow = [orjson.loads(r.value()) for r in read_topic(kafka.bootstrap_servers,

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ import pytest
 
 from dashboards import build
 from harness import prometheus as prometheus_mod
+from harness.dataflow import start_dataflow
 from harness.generate import KafkaSink
 from harness.generate import run as write_workload
 from harness.kafka import EmbeddedKafka, free_port
@@ -39,6 +38,7 @@ from harness.prometheus import (
     promtool_check_rules,
     with_targets,
 )
+from harness.process import ChildProcess
 from harness.workload import WorkloadConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,15 +205,9 @@ def test_with_targets_replaces_the_one_static_target_list():
 
 
 # -- the live proof -------------------------------------------------------------------------------
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the dataflow and nothing else
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+def _stop(proc: ChildProcess | None) -> None:
+    if proc is not None:
+        proc.stop(20)  # its own session: the dataflow and nothing else
 
 
 def _wait_for(prom: PrometheusServer, expr: str, ok, timeout: float, what: str) -> Any:
@@ -250,12 +244,10 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
     }
     env.pop("UNDERTOW_TAIL", None)  # live: the dataflow keeps tailing the topics
     log = tempfile.NamedTemporaryFile(prefix="undertow-obs-dataflow-", suffix=".log", delete=False)
-    flow: subprocess.Popen | None = None
+    flow: ChildProcess | None = None
     prom = PrometheusServer(PROM_CONFIG, targets=[f"127.0.0.1:{port}"])
     try:
-        flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        flow = start_dataflow("dataflows.fraud:flow", env=env, log_path=log.name)
         prom.start()
         _wait_for(prom, 'up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
                   lambda r: len(r) == 1, 60, "the dataflow to be scraped")
@@ -274,7 +266,7 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
                   lambda r: r and float(r[0]["value"][1]) == WORKLOAD.n_events, 60,
                   "every event to be predicted and scraped")
         time.sleep(3.0)  # a few more scrapes and rule evaluations on the final state
-        assert flow.poll() is None, "the live dataflow exited"
+        assert flow.running, "the live dataflow exited"
         yield {"prom": prom, "written": written, "t_start": t_start, "t_fed": t_fed,
                "t_end": time.time(), "names": names}
     except BaseException:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.process import ChildExited, ChildProcess, NotReady, ProcessError, file_tail, run
+from harness.process import (
+    ChildExited,
+    ChildProcess,
+    NotReady,
+    ProcessError,
+    file_tail,
+    run,
+    stop_all,
+)
 
 PY = sys.executable
 
@@ -206,3 +214,15 @@ def test_run_returns_status_and_output_and_clears_the_group_on_timeout(tmp_path:
         run([PY, "-c", code], timeout=2)
     assert info.value.output == b"partial\n"
     assert gone(int(pid_file.read_text()))
+
+
+def test_stop_all_shares_one_grace_period() -> None:
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ignoring', flush=True); time.sleep(60)")
+    children = [ChildProcess([PY, "-c", code], stop_timeout=1.0).start() for _ in range(2)]
+    quitter = ChildProcess([PY, "-c", "import time; time.sleep(60)"]).start()
+    for c in children:
+        c.wait_ready(lambda c=c: "ignoring" in c.log_tail(), timeout=30)
+    t0 = time.monotonic()
+    assert stop_all([*children, quitter], timeout=1.0) == [-signal.SIGKILL, -signal.SIGKILL, -signal.SIGTERM]
+    assert 1.0 <= time.monotonic() - t0 < 1.8  # one second for all, not one each
