@@ -23,9 +23,7 @@ the embedded broker, three times over one recovery directory:
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +34,9 @@ from typing import Any
 
 import orjson
 
+from harness.dataflow import start_dataflow
 from harness.kafka import EmbeddedKafka, free_port, read_topic
+from harness.process import ChildProcess
 from harness.workload import WorkloadConfig, generate
 from tests.test_kafka_integration import dataflow_env, produce
 from tests.test_model_lifecycle_kafka import wait_for
@@ -47,18 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_STEP = "undertow_fraud.model.learner"  # the stateful_batch step's id in Bytewax
 
 
-def start(env: dict[str, str], recovery: Path, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow",
-             "-r", str(recovery), "-s", "1", "-b", "0"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+def start(env: dict[str, str], recovery: Path, log: Path) -> ChildProcess:
+    return start_dataflow("dataflows.fraud:flow", "-r", str(recovery), "-s", "1", "-b", "0",
+                          env=env, log_path=log, append_log=True)
 
 
-def kill(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+def kill(proc: ChildProcess) -> None:
+    proc.kill()  # SIGKILL to the dataflow's own process group: a crash
 
 
 def resumable(recovery: Path, step_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -226,9 +221,7 @@ def test_kill_and_restart_resumes_the_same_model(kafka: EmbeddedKafka, topics, t
         after = wait_for(port, "probe2", lambda m: m.get(
             'undertow_model_clock_seconds{model="fraud"}') == probes[2]["ts"] / 1000)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
+        proc.stop(20)
 
     assert resume_epochs(recovery) == [1, epoch1, epoch2]
     preds = predictions()
