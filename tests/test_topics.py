@@ -1,4 +1,4 @@
-"""connectors/topics.py on the embedded broker: load, read, --with-meta, bad input.
+"""connectors/topics.py on the embedded broker: load, read, --with-meta, bad input."""
 
 from __future__ import annotations
 
