@@ -379,7 +379,8 @@ def build_flow(
     dead_streams = [events.errs, labels.errs, features.late, served.errs]
     if control_errs is not None:
         dead_streams.append(control_errs)
-    dead = op.merge("dead_letters", *dead_streams)
+    dead = op.flat_map_batch("count_dead_letters", op.merge("dead_letters", *dead_streams),
+                             count_dead_letters)
     op.output("deadletter_out", dead, outputs.sink("deadletter", s))
     return flow
 
