@@ -17,11 +17,12 @@ def fixed_clock() -> float:
     return 0.0
 
 
-def learner(model=None, *, ttl=10_000_000, early=0, **kw) -> OnlineLearner:
+def learner(model=None, *, ttl=10_000_000, early=0, challengers=None, **kw) -> OnlineLearner:
     return OnlineLearner(
         "m",
         model if model is not None else linear_model.LogisticRegression(),
         LearnerConfig(label_ttl_ms=ttl, early_label_ttl_ms=early, **kw),
+        challengers=challengers,
         wall_clock=fixed_clock,
     )
 
@@ -312,3 +313,74 @@ def test_early_labels_wait_for_the_slowest_event_partition():
     run(lr, fast + [lb("slow", 500)], end=False)  # partition 0 is 9 s ahead; e"slow" is on 1
     run(lr, [FeaturedEvent(Event("eslow", "k", 400, {}, 0.0, 1), {"x": 1.0})], end=False)
     assert lr.labels_learned == 1 and lr.counts.early_expired == 0
+
+
+# -- the report the operator exports ---------------------------------------------------------------
+
+def test_report_holds_what_happened_since_the_previous_one():
+    lr = learner(Recorder(), ttl=1000, early=0, max_pending=2)
+    run(lr, [ev(1, 0), ev(2, 100), lb(1, 100), lb(1, 100, False), ev(2, 200), ev(3, 300),
+             ev(4, 400), lb("x", 400), ev(5, 2000), lb("y", 2000)], end=False)
+    r = lr.take_report()
+    assert (r.model, r.events, r.labels, r.learned, r.duplicate_events) == ("m", 6, 4, 1, 1)
+    # Over capacity: e2 at e4, e3 at e5; e4 by the TTL once both clocks pass 1400 ("y").
+    assert r.pending_expired == {"ttl": 1, "capacity": 2}
+    assert (r.early_labels, r.early_expired) == (2, 1)  # "x" expired at e5, "y" waits
+    assert r.label_dead_letters == {"conflicting_label": 1, "unknown_event": 1}
+    assert r.label_delays_s == [0.1] and r.event_lags_s == [0.0, -0.1, -0.3, -0.4, -2.0]
+    assert (r.pending, r.early_waiting, r.labels_waiting, r.clock) == (1, 1, 0, 2000)
+    (slot,) = r.slots
+    assert (slot.name, slot.version, slot.champion, slot.predictions, slot.labels_learned) == (
+        "m", 1, True, 5, 1)
+    assert slot.quality == lr.quality("m") and slot.last_learn_at == 0.0
+    assert set(slot.drift_detections) == {
+        (stream, det, direction) for stream in ("error", "score")
+        for det, direction in (("adwin", "up"), ("adwin", "down"), ("page_hinkley", "up"))}
+    assert set(slot.drift_estimates) == {"error", "score"}
+    assert r.champion == "m" and r.promotions == [] and r.feature_refreshes == 0
+    # Nothing new: every count is 0, the observations are new lists, the gauges are the same.
+    r2 = lr.take_report()
+    assert (r2.events, r2.labels, r2.learned, r2.duplicate_events, r2.early_labels,
+            r2.early_expired) == (0, 0, 0, 0, 0, 0)
+    assert r2.pending_expired == {"ttl": 0, "capacity": 0} and r2.label_dead_letters == {}
+    assert r2.label_delays_s == [] and r2.event_lags_s == [] and r.label_delays_s == [0.1]
+    assert (r2.pending, r2.early_waiting, r2.clock) == (1, 1, 2000)
+    assert (r2.slots[0].predictions, r2.slots[0].labels_learned) == (0, 0)
+    assert set(r2.slots[0].drift_detections.values()) == {0}
+    assert pickle.loads(pickle.dumps(r2)) == r2
+
+
+def test_report_counts_a_removed_and_re_added_model_from_zero_and_each_promotion_once():
+    lr = learner(Recorder(), challengers={"c": Recorder()})
+    run(lr, [ev(1, 0), lb(1, 0), ev(2, 10)], end=False)
+    assert [(s.name, s.predictions, s.labels_learned) for s in lr.take_report().slots] == [
+        ("m", 2, 1), ("c", 2, 1)]
+    lr.promote("c")
+    lr.promote("m")
+    lr.remove("c")
+    lr.swap("c", Recorder())
+    run(lr, [ev(3, 20)], end=False)
+    r = lr.take_report()
+    assert [(s.name, s.predictions, s.labels_learned, s.champion) for s in r.slots] == [
+        ("m", 1, 0, True), ("c", 1, 0, False)]
+    assert [(p.old, p.new, p.ts) for p in r.promotions] == [("m", "c", 10), ("c", "m", 10)]
+    assert lr.take_report().promotions == []
+    # Past the 100 promotions the learner keeps, each new one is still reported once.
+    for _ in range(60):
+        lr.promote("c")
+        lr.promote("m")
+    assert len(lr.take_report().promotions) == 100
+    lr.promote("c")
+    assert [(p.old, p.new) for p in lr.take_report().promotions] == [("m", "c")]
+
+
+def test_learner_config_refuses_bad_options():
+    with pytest.raises(ValueError, match="ttl_clock must be 'event' or 'wall', got 'sun'"):
+        LearnerConfig(label_ttl_ms=1, early_label_ttl_ms=0, ttl_clock="sun")
+    with pytest.raises(ValueError, match="max_pending must be > 0, got 0"):
+        LearnerConfig(label_ttl_ms=1, early_label_ttl_ms=0, max_pending=0)
+    with pytest.raises(ValueError, match="early_label_ttl_ms must be >= 0, got -1"):
+        LearnerConfig(label_ttl_ms=1, early_label_ttl_ms=-1)
+    with pytest.raises(ValueError, match="ttl_clock='wall' needs a wall_clock"):
+        OnlineLearner("m", Recorder(), LearnerConfig(label_ttl_ms=1, early_label_ttl_ms=0,
+                                                     ttl_clock="wall"), wall_clock=None)
