@@ -86,3 +86,25 @@ def generate_clicks(
         labels.append({"event_id": e["event_id"], "user_id": e["user_id"], "converted": converted,
                        "ts": min(later) if converted else e["ts"] + HORIZON_MS})
     return events, labels
+
+
+def clicks_workload(seed: int, n_events: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Exactly ``n_events`` clicks, the first in time order, and their labels (same order).
+
+    :func:`generate_clicks` with the fewest sessions, starting from ``n_events // 4`` and
+    doubling, that give that many clicks; the rest are cut. A label near the end may name a
+    purchase at a time past the last click kept (it happened; its click was cut).
+
+    >>> evs, lbs = clicks_workload(seed=1, n_events=10)
+    >>> len(evs), len(lbs), evs[-1]["event_id"], [lb["event_id"] for lb in lbs] == [
+    ...     ev["event_id"] for ev in evs]
+    (10, 10, 'k00000009', True)
+    """
+    if n_events < 0:
+        raise ValueError(f"n_events must be >= 0, got {n_events}")
+    n_sessions = max(1, n_events // 4)
+    while True:
+        events, labels = generate_clicks(seed=seed, n_sessions=n_sessions)
+        if len(events) >= n_events:
+            return events[:n_events], labels[:n_events]
+        n_sessions *= 2

@@ -1,8 +1,19 @@
-"""Write a synthetic card-transaction workload to Kafka or to JSONL files.
+"""Write a synthetic workload (events and their delayed labels) to Kafka or to JSONL files.
 
     python -m harness.generate --events 100000 --to kafka
     python -m harness.generate --events 20000 --to jsonl --out-dir run/workload
     python -m harness.generate --rate 500 --malformed 20        # paced, with dead letters
+    python -m harness.generate --stream clicks --events 5000 --to jsonl --out-dir run/clicks
+
+``--stream`` chooses the workload: ``fraud`` (the default, described below), ``clicks``
+(:func:`harness.clickstream.clicks_workload`: shop clicks keyed by ``user_id``, label
+``converted``) or ``income`` (:func:`harness.income.generate_income`: survey interviews keyed by
+``person_id``, label ``high_income``). ``--seed``, ``--events``, ``--rate`` and every output
+option work for all three; the other workload options shape the card workload only and are
+refused, in one line, with another stream. Clicks and income records are written as the fraud
+ones are: merged in time order (labels first at ties), Kafka messages keyed by the entity field
+with the record's ts as their timestamp; their summary line has stream, events, labels,
+positives, delivery_errors, seconds and to.
 
 Records come from :mod:`harness.workload` in merged time order (an event at
 its ts, a label at its label ts, labels first at ties), so labels become due
@@ -19,11 +30,14 @@ delivery_errors and seconds. The exit status is 1 if any Kafka delivery failed.
 from __future__ import annotations
 
 import argparse
+import heapq
+import importlib
 import os
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -152,16 +166,70 @@ def _drift_at(text: str) -> float | None:
     return value
 
 
+@dataclass(frozen=True)
+class OtherStream:
+    """A workload other than the card one: its generator ``(seed, n_events) -> (events,
+    labels)``, imported when used, and the fields that key its records and hold its label."""
+
+    name: str
+    generator: str
+    key_field: str
+    label_field: str
+
+    def generate(self, seed: int, n_events: int) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+        module, _, func = self.generator.partition(":")
+        generate: Callable[[int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+        generate = getattr(importlib.import_module(module), func)
+        return generate(seed, n_events)
+
+
+#: ``--stream`` names other than ``fraud``.
+OTHER_STREAMS = {
+    "clicks": OtherStream("clicks", "harness.clickstream:clicks_workload", "user_id", "converted"),
+    "income": OtherStream("income", "harness.income:generate_income", "person_id", "high_income"),
+}
+STREAMS = ("fraud", *OTHER_STREAMS)
+
+
+class _FraudOnly:
+    """An argument group whose options all record that they were given (:class:`_Given`)."""
+
+    def __init__(self, group: argparse._ArgumentGroup) -> None:
+        self._group = group
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        return self._group.add_argument(*args, action=_Given, **kwargs)
+
+
+class _Given(argparse.Action):
+    """Store the value and remember the option was given (fraud-only options are refused for
+    other streams, even when given their default value)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        given = list(getattr(namespace, "fraud_only_given", None) or [])
+        canonical = self.option_strings[0]
+        if canonical not in given:
+            given.append(canonical)
+        namespace.fraud_only_given = given
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness.generate",
-        description="Generate card transactions and their delayed fraud labels "
-        "(deterministic by seed) into Kafka or JSONL files.",
+        description="Generate a synthetic stream (card transactions by default) and its delayed "
+        "labels (deterministic by seed) into Kafka or JSONL files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    workload = parser.add_argument_group("workload")
-    workload.add_argument("--seed", type=int, default=42, help="random seed")
-    workload.add_argument("--events", type=int, default=100_000, metavar="N", help="event count")
+    parser.set_defaults(fraud_only_given=None)
+    parser.add_argument("--stream", choices=STREAMS, default="fraud",
+                        help="the workload: card transactions, shop clicks or census interviews")
+    common = parser.add_argument_group("every stream")
+    common.add_argument("--seed", type=int, default=42, help="random seed")
+    common.add_argument("--events", type=int, default=100_000, metavar="N", help="event count")
+    workload = _FraudOnly(parser.add_argument_group("card workload (--stream fraud only)"))
     workload.add_argument("--cards", type=int, default=1000, help="number of cards")
     workload.add_argument("--merchants", type=int, default=200, help="number of merchants")
     workload.add_argument("--fraud-rate", type=float, default=0.03, help="target share of fraud")
@@ -343,17 +411,89 @@ def run(
     return summary
 
 
+def run_records(
+    stream: OtherStream,
+    events: Sequence[dict[str, Any]],
+    labels: Sequence[dict[str, Any]],
+    sink: Sink,
+    *,
+    rate: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``events`` (in time order) and ``labels`` to ``sink``, merged in time order.
+
+    A label goes out at its own ts, before an event of the same ts; labels of equal ts keep
+    their order, as events do. Records are keyed by ``stream.key_field`` and carry their ts
+    as the timestamp. Returns the summary (without delivery errors); Ctrl-C stops early and the
+    summary then says ``"interrupted": true``.
+    """
+    started = time.monotonic()
+    dumps = orjson.dumps
+    key_field, label_field = stream.key_field, stream.label_field
+    by_time = sorted(labels, key=lambda lb: lb["ts"])  # stable
+    merged = heapq.merge(
+        ((lb["ts"], 0, i, lb) for i, lb in enumerate(by_time)),
+        ((ev["ts"], 1, i, ev) for i, ev in enumerate(events)),
+    )
+    n_events = n_labels = positives = 0
+    last_report = started
+    interrupted = False
+    try:
+        for ts, kind, _, record in merged:
+            key = str(record[key_field]).encode()
+            if kind == 0:
+                sink.label(dumps(record), key, ts)
+                n_labels += 1
+                positives += record[label_field] is True
+                continue
+            if rate > 0:
+                due = started + n_events / rate
+                while (wait := due - time.monotonic()) > 0:
+                    sink.idle()
+                    time.sleep(min(wait, 0.05))
+            sink.event(dumps(record), key, ts)
+            n_events += 1
+            if progress is not None and n_events % 1024 == 0:
+                now = time.monotonic()
+                if now - last_report >= 2.0:
+                    last_report = now
+                    progress(f"generate: {n_events}/{len(events)} {stream.name} events, "
+                             f"{n_labels} labels, {n_events / (now - started):,.0f} events/s")
+    except KeyboardInterrupt:
+        interrupted = True
+    summary: dict[str, Any] = {
+        "stream": stream.name,
+        "events": n_events,
+        "labels": n_labels,
+        "positives": positives,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if interrupted:
+        summary["interrupted"] = True
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.malformed < 0:
-        parser.error("--malformed must be >= 0")
     if args.rate < 0:
         parser.error("--rate must be >= 0")
-    try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    other = OTHER_STREAMS.get(args.stream)
+    if other is not None:
+        if args.fraud_only_given:
+            print(f"generate: {', '.join(args.fraud_only_given)} only apply to --stream fraud, "
+                  f"not --stream {other.name}", file=sys.stderr)
+            return 2
+        if args.events < 0:
+            parser.error(f"--events must be >= 0, got {args.events}")
+        events, labels = other.generate(args.seed, args.events)
+    else:
+        if args.malformed < 0:
+            parser.error("--malformed must be >= 0")
+        try:
+            config = config_from_args(args)
+        except ValueError as exc:
+            parser.error(str(exc))
 
     started = time.monotonic()
     sink: Sink
@@ -368,13 +508,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        summary = run(
-            config,
-            sink,
-            n_malformed=args.malformed,
-            rate=args.rate,
-            progress=None if args.quiet else progress,
-        )
+        if other is not None:
+            summary = run_records(other, events, labels, sink, rate=args.rate,
+                                  progress=None if args.quiet else progress)
+        else:
+            summary = run(
+                config,
+                sink,
+                n_malformed=args.malformed,
+                rate=args.rate,
+                progress=None if args.quiet else progress,
+            )
     finally:
         errors = sink.close()
     summary["delivery_errors"] = errors
