@@ -39,7 +39,6 @@ from undertow.learning import (
 from undertow.schema import (
     BAD_CONTROL,
     CONTROL_COMMANDS,
-    DUPLICATE_EVENT,
     Control,
     DeadLetter,
     FeaturedEvent,
@@ -83,9 +82,8 @@ class _ReportExporter:
     model name; predictions, learned labels, quality, drift and version are per model slot.
     """
 
-    def __init__(self, model: str, step_id: str) -> None:
+    def __init__(self, model: str) -> None:
         self.name = m = model
-        self.step_id = step_id
         # Series exist at zero from the start, so dashboards show 0 and rate() sees the first count.
         self.expired = {
             why: metrics.PENDING_EXPIRED.labels(model=m, reason=why)
@@ -96,18 +94,14 @@ class _ReportExporter:
         self.duplicates = metrics.DUPLICATE_EVENTS.labels(model=m)
 
     def export(self, r: StepReport) -> None:
-        m, step_id = self.name, self.step_id
+        m = self.name
         for why, counter in self.expired.items():
             counter.inc(r.pending_expired.get(why, 0))
         self.early.inc(r.early_labels)
         self.early_expired.inc(r.early_expired)
         self.duplicates.inc(r.duplicate_events)
-        for reason, n in r.label_dead_letters.items():
-            metrics.DEAD_LETTERS.labels(step=step_id, reason=reason).inc(n)
-        if r.duplicate_events:
-            metrics.DEAD_LETTERS.labels(step=step_id, reason=DUPLICATE_EVENT).inc(
-                r.duplicate_events
-            )
+        # The dead letters themselves (r.label_dead_letters, duplicates) are counted once, by
+        # the graph's dead-letter tap, under the step their records name.
         metrics.LABEL_DELAY.observe_many(r.label_delays_s, m)
         metrics.EVENT_LAG.observe_many(r.event_lags_s, m)
         metrics.PENDING.labels(model=m).set(r.pending)
@@ -174,7 +168,7 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
         self.ordered = ordered
         self.load_model = load_model
         self.after_batch = after_batch
-        self.exporter = _ReportExporter(state.learner.name, step_id)
+        self.exporter = _ReportExporter(state.learner.name)
         # What a resumed learner did was exported by the process that snapshotted it, and a
         # model started from a checkpoint brings its labels with it: only what happens from
         # now on is news.
@@ -245,7 +239,6 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
                 result = learner.remove(c.model)
         except Exception as ex:  # a bad command is answered, never fatal
             metrics.CONTROL_COMMANDS.labels(command=c.command, result="error").inc()
-            metrics.DEAD_LETTERS.labels(step=self.step_id, reason=BAD_CONTROL).inc()
             out.append(DeadLetter(BAD_CONTROL, f"{type(ex).__name__}: {ex}"[:500], c.raw, None,
                                   c.topic, c.partition, c.offset, self.step_id))
             log.error("model step %r: control %s %r failed: %s", self.step_id, c.command,
@@ -343,7 +336,8 @@ def serve_and_learn(
     [('e1', 0.5, True, 'm')]
     """
     name = model_name
-    metrics.declare_reasons(step_id)
+    metrics.declare_reasons(step_id)  # control dead letters name the step
+    metrics.declare_reasons(name)  # the learner's name the model
     # Series exist at zero from the start, so dashboards show 0 and rate() sees the first count.
     metrics.PROMOTIONS.labels(model=name)
     metrics.REORDER_BUFFER.labels(model=name).set(0)
