@@ -6,7 +6,7 @@ Run from the repository root (a plain script, not a test; pytest never collects 
 
 On the deterministic workload (``WorkloadConfig(seed, n_events, n_cards)``):
 
-* **features, plain loop**: :class:`undertow.featurespec.SpecState` over every event in one
+* **features, plain loop**: :class:`undertow.features.SpecState` over every event in one
   process (the pure logic: as the reference loop computes them);
 * **features, dataflow**: the :func:`operators.features.spec_features` operator in a Bytewax
   dataflow (``run_main``, one worker, 32 shards), decoded events in, featured events out;
@@ -44,7 +44,7 @@ from bytewax.testing import TestingSource, run_main  # noqa: E402
 
 from harness.workload import WorkloadConfig, generate  # noqa: E402
 from operators.features import spec_features  # noqa: E402
-from undertow.featurespec import SpecState, load_spec  # noqa: E402
+from undertow.features import SpecState, load_spec  # noqa: E402
 from undertow.models import make_model  # noqa: E402
 from undertow.reference import FRAUD_SPEC  # noqa: E402
 from undertow.schema import Event  # noqa: E402

@@ -1,6 +1,6 @@
 """Event-time features from a declarative spec, one sharded step per entity key.
 
-:func:`spec_features` chains one step per key group of a :class:`~undertow.featurespec.FeatureSpec`
+:func:`spec_features` chains one step per key group of a :class:`~undertow.features.FeatureSpec`
 and a final map that adds the pass-through and one-hot features and applies the transforms. Each
 step returns the featured events, the closed tumbling/hopping windows, and the late records.
 
@@ -27,7 +27,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from connectors import metrics
-from undertow.featurespec import (
+from undertow.features import (
     FeatureSpec,
     GroupState,
     KeyGroup,
@@ -183,7 +183,7 @@ def spec_features(
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSource, TestingSink, run_main
-    >>> from undertow.featurespec import Rolling
+    >>> from undertow.features import Rolling
     >>> spec = FeatureSpec("eg", rolling=(Rolling("n_10m", ("card",), "count", 600_000),
     ...                                   Rolling("sum_10m", ("card",), "sum", 600_000, "x")))
     >>> evs = [Event(f"e{i}", "c1", ts, {"card": "c1", "x": x})

@@ -40,7 +40,7 @@ from harness.process import ChildProcess
 from harness.workload import WorkloadConfig, generate
 from tests.test_kafka_integration import dataflow_env, produce
 from tests.test_model_lifecycle_kafka import wait_for
-from undertow.featurespec import SpecState, load_spec
+from undertow.features import SpecState, load_spec
 from undertow.reference import FRAUD_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import pytest
 from connectors.checkpoint import ModelStore, load_checkpoint
 from dataflows.score import main, score_batch_fn
 from harness.workload import WorkloadConfig, generate
-from undertow.featurespec import SpecState, load_spec
+from undertow.features import SpecState, load_spec
 from undertow.models import make_model
 from undertow.reference import FRAUD_SPEC, run_reference
 from undertow.schema import Event, FeaturedEvent

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from undertow.featurespec import FeatureSpec, SpecState, load_spec
+from undertow.features import FeatureSpec, SpecState, load_spec
 
 FRAUD_SPEC = Path(__file__).resolve().parents[1] / "specs" / "fraud.toml"
 
