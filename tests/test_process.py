@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import os
 import signal
 import subprocess
@@ -226,3 +228,10 @@ def test_stop_all_shares_one_grace_period() -> None:
     t0 = time.monotonic()
     assert stop_all([*children, quitter], timeout=1.0) == [-signal.SIGKILL, -signal.SIGKILL, -signal.SIGTERM]
     assert 1.0 <= time.monotonic() - t0 < 1.8  # one second for all, not one each
+
+
+@pytest.mark.parametrize("module", ["harness.process", "harness.dataflow"])
+def test_doctests(module: str) -> None:
+    """harness/ is not among pytest's doctest paths: its examples run here."""
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
