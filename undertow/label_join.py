@@ -186,19 +186,27 @@ class DeadlineMap:
         """Remove and return ``(id, state, deadline, value)`` of the earliest entry whose
         deadline is before its state's horizon (a horizon of None: nothing of that state is
         due); None when nothing is due."""
+        entries = self.entries
+        order = self._order
         best: tuple[int, str] | None = None
         best_state = -1
         for state, horizon in enumerate(horizons):
             if horizon is None:
                 continue
-            head = self._head(state)
-            if head is not None and head[0] < horizon and (best is None or head < best):
-                best, best_state = head, state
+            heap = order[state]
+            while heap and heap[0][0] < horizon:
+                head = heap[0]
+                e = entries.get(head[1])
+                if e is not None and e[0] == state and e[1] == head[0]:
+                    if best is None or head < best:
+                        best, best_state = head, state
+                    break
+                heapq.heappop(heap)  # replaced or removed since
         if best is None:
             return None
-        heapq.heappop(self._order[best_state])
+        heapq.heappop(order[best_state])
         key = best[1]
-        state, deadline, value = self.entries.pop(key)
+        state, deadline, value = entries.pop(key)
         self._sizes[state] -= 1
         return key, state, deadline, value
 
