@@ -55,6 +55,7 @@ from operators.decode import decode_controls, decode_events, decode_labels
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
 from undertow.drift import FeatureDrift
+from undertow.errors import StreamError
 from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
 from undertow.schema import DeadLetter, Event
@@ -393,9 +394,13 @@ def flow_from_environment(stream_path: str | os.PathLike[str] | None = None) -> 
     try:
         s = load_settings(dict(os.environ))
         return build_flow(s, stream_of(s, stream_path))
+    except StreamError as ex:
+        # One clear line naming the file, the section and the field, not a traceback.
+        print(f"undertow: bad stream file: {ex}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ConfigError as ex:
-        # One clear line naming the setting or the stream file, not a traceback.
-        print(f"undertow: {ex}", file=sys.stderr)
+        # One clear line naming the setting.
+        print(f"undertow: bad setting: {ex}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -4,7 +4,7 @@ Users browse in sessions: each click has a page, a device, the seconds spent on 
 and the price of what it showed (0 off product pages). A click's label, ``converted``, says
 whether the user bought within 30 minutes of it; it becomes known at the purchase, or 30 minutes
 after the click when there was none. Buyers dwell longer, look at a few products more than once
-and reach the cart; so the windowed features of the clicks spec (:file:`specs/clicks.toml`) carry
+and reach the cart; so the windowed features of the clicks spec (:file:`streams/clicks.toml`) carry
 the signal. The same engine and dataflow serve it as the fraud stream: only the schema, the spec
 and the label's field differ.
 
@@ -20,25 +20,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from undertow.schema import EventSchema, FieldRule
-
 PAGES = ("home", "search", "product", "cart", "checkout")
 DEVICES = ("mobile", "desktop")
 HORIZON_MS = 30 * 60_000
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-CLICK_EVENTS = EventSchema(
-    id_field="event_id",
-    key_field="user_id",
-    ts_field="ts",
-    fields=(
-        FieldRule("page", "category", values=PAGES),
-        FieldRule("device", "category", values=DEVICES),
-        FieldRule("dwell_s", "number", min=0),
-        FieldRule("price", "number", min=0),
-    ),
-)
-
 
 def generate_clicks(
     *, seed: int, n_users: int = 200, n_sessions: int = 2000, start_ms: int = START_MS,

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
-import orjson
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
@@ -80,12 +79,10 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
             ev = fe.event
             feats = update(ev.fields, ev.ts, (ev.partition, fe.via), windows)
             if feats is None:
-                out.append(DeadLetter(
-                    LATE_EVENT,
+                out.append(DeadLetter.of_event(
+                    ev, LATE_EVENT,
                     f"event time {ev.ts} is older than the watermark minus the allowed lateness "
-                    f"at step {self.step_id!r}",
-                    orjson.dumps(ev.fields), ev.key.encode(), None, ev.partition, None,
-                    self.step_id, ev.seq,
+                    f"at step {self.step_id!r}", self.step_id,
                 ))
                 continue
             merged = dict(fe.features)
@@ -105,8 +102,6 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         st = self.state
         if st.late != self._late:
             metrics.LATE_EVENTS.labels(step=self.step_id).inc(st.late - self._late)
-            metrics.DEAD_LETTERS.labels(step=self.step_id, reason=LATE_EVENT).inc(
-                st.late - self._late)
             self._late = st.late
         if st.evicted_entities != self._evicted:
             metrics.ENTITIES_EVICTED.labels(step=self.step_id).inc(

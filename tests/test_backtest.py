@@ -140,7 +140,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_help_and_clear_errors(kafka, tmp_path):
     r = cli("--help")
-    assert r.returncode == 0 and "--events-topic" in r.stdout and "--model NAME=KIND" in r.stdout
+    assert r.returncode == 0 and "--events-topic" in r.stdout and "--model NAME=MODEL" in r.stdout
     events = write_jsonl(tmp_path / "e.jsonl", [{"event_id": "e1", "card_id": "c",
                                                  "merchant_id": "m", "amount": 1.0,
                                                  "channel": "pos", "ts": 1000}])

@@ -18,7 +18,7 @@ def uses(section: str, feature: str, *pairs: str) -> list[FieldUse]:
 
 def test_the_fraud_spec_reads_these_fields():
     card, merchant, amount = "card_id:key", "merchant_id:key", "amount:number"
-    assert load_spec("specs/fraud.toml").field_uses() == [
+    assert load_spec("streams/fraud.toml").field_uses() == [
         *uses("rolling", "card_count_10m", card),
         *uses("rolling", "card_sum_10m", card, amount),
         *uses("rolling", "card_mean_10m", card, amount),
@@ -36,7 +36,7 @@ def test_the_fraud_spec_reads_these_fields():
 
 def test_the_clicks_spec_reads_these_fields():
     user, dwell, price = "user_id:key", "dwell_s:number", "price:number"
-    assert load_spec("specs/clicks.toml").field_uses() == [
+    assert load_spec("streams/clicks.toml").field_uses() == [
         *uses("rolling", "user_clicks_5m", user),
         *uses("rolling", "user_dwell_mean_10m", user, dwell),
         *uses("rolling", "user_dwell_std_10m", user, dwell),

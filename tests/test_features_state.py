@@ -300,7 +300,7 @@ def test_an_entity_the_watermark_jumps_past_is_dropped_not_left_empty():
 def test_the_spec_state_serves_a_lagging_partition_without_crashing():
     """The same through SpecState (every group of the fraud spec), the shape the reference and
     bulk jobs use."""
-    state = SpecState(load_spec("specs/fraud.toml"))
+    state = SpecState(load_spec("streams/fraud.toml"))
     ev = {"merchant_id": "m", "amount": 5.0, "channel": "pos"}
     for i in range(6):
         state.update({**ev, "card_id": f"c{i}"}, i * H, 0)
@@ -368,7 +368,7 @@ def test_idle_entities_are_dropped_and_old_records_evicted():
 
 def test_the_fraud_spec_serves_its_documented_features():
     """Hand-checked values of the fraud spec for three events of one card and merchant."""
-    state = SpecState(load_spec("specs/fraud.toml"))
+    state = SpecState(load_spec("streams/fraud.toml"))
     evs = [(0, 10.0, "pos"), (60_000, 30.0, "online"), (700_000, 20.0, "atm")]
     got = [state.update({"card_id": "c", "merchant_id": "m", "amount": a, "channel": ch}, ts)
            for ts, a, ch in evs]
@@ -384,7 +384,7 @@ def test_the_fraud_spec_serves_its_documented_features():
     assert (got[2]["card_count_10m"], got[2]["card_count_1h"]) == (1, 3)
     assert got[2]["card_secs_since_prev"] == lg(640.0)
     assert got[0]["card_secs_since_prev"] == lg(3600.0)  # first event: capped at the hour
-    assert list(got[0]) == list(spec_names(load_spec("specs/fraud.toml")))
+    assert list(got[0]) == list(spec_names(load_spec("streams/fraud.toml")))
 
 
 def test_the_clicks_spec_runs_through_the_same_dataflow():
@@ -403,7 +403,7 @@ def test_the_clicks_spec_runs_through_the_same_dataflow():
     events, labels = generate_clicks(seed=2, n_users=60, n_sessions=400)
     stream = shipped("clicks")
     spec = stream.features
-    assert spec == load_spec("specs/clicks.toml")
+    assert spec == load_spec("streams/clicks.toml")
     preds: list = []
     windows: list = []
     flow = build_flow(load_settings({}), stream, sources={

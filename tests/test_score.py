@@ -80,7 +80,7 @@ def test_bulk_scores_equal_one_by_one_and_nothing_learns(setup, kind):
     dead = [orjson.loads(line) for line in
             Path(str(out).removesuffix(".jsonl") + ".deadletters.jsonl").read_bytes().splitlines()]
     assert [(d["reason"], d["offset"], base64.b64decode(d["raw_b64"])[:10]) for d in dead] == [
-        ("bad_json", 10, b"{not json"), ("negative_amount", 20, b'{"event_id')]
+        ("bad_json", 10, b"{not json"), ("below_min", 20, b'{"event_id')]
 
 
 def test_batch_size_does_not_change_the_scores(setup):
@@ -142,8 +142,8 @@ def test_refuses_a_checkpoint_served_another_spec_and_unreachable_brokers(setup,
     assert main(["--checkpoint", str(other), "--input", str(events),
                  "--output", str(tmp_path / "o.jsonl")]) == 2
     assert capfd.readouterr().err == (
-        "undertow score: UNDERTOW_FEATURE_SPEC: the checkpoint was served the features of spec "
-        "'clicks', this run computes spec 'fraud'\n")
+        "undertow score: --checkpoint: the checkpoint was served the features of 'clicks', "
+        "this run computes 'fraud'\n")
     same = ModelStore(tmp_path).write("fraud", make_model("logreg"), version=1,
                                       labels_learned=0, feature_spec="fraud")
     assert main(["--checkpoint", str(same), "--topic", "events", "--brokers", "127.0.0.1:1",

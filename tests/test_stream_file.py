@@ -286,4 +286,5 @@ def test_every_command_answers_a_bad_stream_file_with_one_line_and_status_2(tmp_
         assert len(lines) == 1 and lines[0].endswith(want), (what, r.stderr[-2000:])
     missing = run(["-m", "bytewax.run", "dataflows.stream:flow"], {"UNDERTOW_STREAM": ""})
     assert missing.returncode == 2
-    assert missing.stderr.strip().startswith("undertow: UNDERTOW_STREAM: must name a stream file")
+    assert missing.stderr.strip().startswith(
+        "undertow: bad setting: UNDERTOW_STREAM: must name a stream file")

@@ -17,7 +17,7 @@ from typing import Any
 
 from undertow.features import FeatureSpec, SpecState, load_spec
 
-FRAUD_SPEC = Path(__file__).resolve().parents[1] / "specs" / "fraud.toml"
+FRAUD_SPEC = Path(__file__).resolve().parents[1] / "streams" / "fraud.toml"
 
 
 def _order(r: tuple[int, int, int, Any]) -> tuple[int, int, int]:

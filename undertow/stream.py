@@ -56,12 +56,11 @@ from typing import Any
 import orjson
 
 from undertow.errors import ModelError, SpecError, StreamError
-from undertow.features import FeatureSpec, spec_from_dict
+from undertow.features import FEATURE_SECTIONS, FeatureSpec, spec_from_dict
 from undertow.models import check_model
 from undertow.schema import FIELD_TYPES, TARGETS, EventSchema, FieldRule, LabelSchema
 
 #: The top-level keys of a stream file; the feature sections are :mod:`undertow.features`'.
-FEATURE_SECTIONS = ("rolling", "windowed", "passthrough", "onehot")
 TOP_LEVEL = ("name", "description", "events", "labels", "models", "allowed_lateness", "idle",
              *FEATURE_SECTIONS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -270,7 +270,7 @@ def _check_common(where: str, key: tuple[str, ...], agg: str, fld: str | None) -
 # -- loading --------------------------------------------------------------------------------------
 
 def load_spec(path: str | Path) -> FeatureSpec:
-    """A spec from a TOML file (see ``specs/*.toml``); errors name the file, the section and the
+    """A spec from a TOML file (see ``streams/*.toml``); errors name the file, the section and the
     feature."""
     p = Path(path)
     try:
