@@ -63,7 +63,8 @@ class Settings(BaseModel):
     model_seed: int = 42
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     #: A pending prediction whose label has not come this long (event time) after its event expires.
-    label_ttl_s: float = Field(86_400.0, gt=0)
+    #: Unset: the stream file's ``[labels] ttl`` (default 1 day).
+    label_ttl_s: float | None = Field(None, gt=0)
     #: A label that comes before its event waits this long (event time) for it.
     early_label_ttl_s: float = Field(3_600.0, ge=0)
     max_pending: int = Field(1_000_000, gt=0)

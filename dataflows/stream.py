@@ -121,7 +121,7 @@ def make_learner(
         model, meta = load_checkpoint(_store(s).resolve(s.start_checkpoint, champ))
         version, learned = int(meta["version"]), int(meta["labels_learned"])
     config = LearnerConfig(
-        label_ttl_ms=int(settings.label_ttl_s * 1000),
+        label_ttl_ms=stream.label_ttl_ms if s.label_ttl_s is None else int(s.label_ttl_s * 1000),
         early_label_ttl_ms=int(settings.early_label_ttl_s * 1000),
         ttl_clock=s.label_ttl_clock,
         max_pending=settings.max_pending,

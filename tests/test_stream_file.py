@@ -101,6 +101,15 @@ def test_defaults_of_the_events_and_labels_fields(tmp_path):
         "event_id", "card_id", "ts", "binary")
 
 
+def test_the_label_ttl_is_the_stream_files(tmp_path):
+    assert load_stream(write(tmp_path, PAYMENTS)).label_ttl_ms == 86_400_000
+    two_h = PAYMENTS.replace('target = "binary"', 'target = "binary"\nttl = "2h"')
+    assert load_stream(write(tmp_path, two_h)).label_ttl_ms == 7_200_000
+    with pytest.raises(StreamError, match=r"\[labels\] ttl: 'soon' is not a duration"):
+        load_stream(write(tmp_path, PAYMENTS.replace('target = "binary"',
+                                                     'target = "binary"\nttl = "soon"')))
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_stream_loads(name):
     s = load_stream(ROOT / "streams" / f"{name}.toml")

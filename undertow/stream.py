@@ -18,6 +18,7 @@ features (the sections of :mod:`undertow.features`)::
     time = "ts"
     value = "is_fraud"
     target = "binary"
+    ttl = "1d"                 # how long a prediction waits for its label (the default)
     [[models]]                 # the first is the champion, the others challengers
     name = "lr"
     model = "preprocessing.StandardScaler() | linear_model.LogisticRegression()"
@@ -56,13 +57,15 @@ from typing import Any
 import orjson
 
 from undertow.errors import ModelError, SpecError, StreamError
-from undertow.features import FEATURE_SECTIONS, FeatureSpec, spec_from_dict
+from undertow.features import FEATURE_SECTIONS, FeatureSpec, duration_ms, spec_from_dict
 from undertow.models import check_model
 from undertow.schema import FIELD_TYPES, TARGETS, EventSchema, FieldRule, LabelSchema
 
 #: The top-level keys of a stream file; the feature sections are :mod:`undertow.features`'.
 TOP_LEVEL = ("name", "description", "events", "labels", "models", "allowed_lateness", "idle",
              *FEATURE_SECTIONS)
+#: A served prediction waits this long for its label unless ``[labels] ttl`` says otherwise.
+DEFAULT_LABEL_TTL_MS = 86_400_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Aggregations whose value has the sign of their field (a log1p of them needs min >= 0).
 _SIGNED_AGGS = ("sum", "mean", "min", "max", "last", "ewm", "ratio")
@@ -93,6 +96,8 @@ class Stream:
     models: tuple[ModelDecl, ...]
     features: FeatureSpec
     path: str = ""
+    #: How long a served prediction waits for its label (event time): ``[labels] ttl``.
+    label_ttl_ms: int = DEFAULT_LABEL_TTL_MS
 
     @property
     def digest(self) -> str:
@@ -152,7 +157,13 @@ def stream_from_dict(doc: dict[str, Any], where: str = "<stream>") -> Stream:
     if not isinstance(name, str) or not _NAME.match(name):
         raise fail("", f"name: must be a name of letters, digits, '_', '.', '-', got {name!r}")
     events = _events(_table(doc, "events", fail), fail)
-    labels = _labels(_table(doc, "labels", fail), events, fail)
+    label_doc = dict(_table(doc, "labels", fail))
+    ttl = label_doc.pop("ttl", None)
+    labels = _labels(label_doc, events, fail)
+    try:
+        ttl_ms = DEFAULT_LABEL_TTL_MS if ttl is None else duration_ms(ttl, "ttl")
+    except SpecError as ex:
+        raise fail("[labels]", str(ex)) from None
     models = _models(doc.get("models"), fail)
     try:
         spec = spec_from_dict({**{k: v for k, v in doc.items()
@@ -161,7 +172,7 @@ def stream_from_dict(doc: dict[str, Any], where: str = "<stream>") -> Stream:
     except SpecError as ex:
         raise fail("", str(ex)) from None
     _check_uses(spec, events, fail)
-    return Stream(name, events, labels, models, spec, where)
+    return Stream(name, events, labels, models, spec, where, ttl_ms)
 
 
 def _table(doc: dict[str, Any], key: str, fail: Any) -> dict[str, Any]:
@@ -171,10 +182,11 @@ def _table(doc: dict[str, Any], key: str, fail: Any) -> dict[str, Any]:
     return t
 
 
-def _names(t: dict[str, Any], section: str, allowed: tuple[str, ...], fail: Any) -> None:
+def _names(t: dict[str, Any], section: str, allowed: tuple[str, ...], fail: Any,
+           also: tuple[str, ...] = ()) -> None:
     extra = sorted(set(t) - set(allowed))
     if extra:
-        raise fail(section, f"{extra[0]}: unknown key; expected one of {list(allowed)}")
+        raise fail(section, f"{extra[0]}: unknown key; expected one of {list(allowed + also)}")
     for k in allowed:
         if k in t and k != "fields" and (not isinstance(t[k], str) or not t[k]):
             raise fail(section, f"{k}: must be a field name, got {t[k]!r}")
@@ -231,7 +243,7 @@ def _field_rule(fname: str, d: Any, fail: Any) -> FieldRule:
 
 
 def _labels(t: dict[str, Any], events: EventSchema, fail: Any) -> LabelSchema:
-    _names(t, "[labels]", ("id", "key", "time", "value", "target"), fail)
+    _names(t, "[labels]", ("id", "key", "time", "value", "target"), fail, also=("ttl",))
     if "value" not in t:
         raise fail("[labels]", "value: missing: the field that holds the label's truth")
     target = t.get("target", "binary")
