@@ -165,8 +165,9 @@ class Settings(BaseModel):
         return {k: v.get_secret_value() for k, v in self.kafka_options.items()}
 
 
-def parse_challengers(spec: str) -> dict[str, str]:
-    """Parse "name=model,name=model" into a dict, checking each model and unique names.
+def parse_challengers(spec: str, what: str = "challenger") -> dict[str, str]:
+    """Parse "name=model,name=model" into a dict, checking each model and unique names;
+    errors call each pair ``what``.
 
     A model is anything :func:`undertow.models.make_model` takes; the pairs are split on the
     commas outside parentheses, brackets, braces and quotes only.
@@ -196,11 +197,11 @@ def parse_challengers(spec: str) -> dict[str, str]:
         if not sep or not name or not all(c.isalnum() or c in "_.-" for c in name):
             raise ValueError(f"{part!r} is not name=kind")
         if name in out:
-            raise ValueError(f"challenger {name!r} is named twice")
+            raise ValueError(f"{what} {name!r} is named twice")
         try:
             check_model(kind)
         except ModelError as ex:
-            raise ModelError(f"challenger {name!r}: {ex}") from None
+            raise ModelError(f"{what} {name!r}: {ex}") from None
         out[name] = kind
     return out
 

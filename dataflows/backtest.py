@@ -127,7 +127,7 @@ def run_backtest(
 
 def parse_models(values: list[str]) -> list[tuple[str, str]]:
     try:
-        parsed = parse_challengers(",".join(values))
+        parsed = parse_challengers(",".join(values), what="model")
     except ValueError as ex:
         raise ConfigError(f"--model: {ex}") from None
     return list(parsed.items())

@@ -13,8 +13,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from undertow.errors import UndertowError
 
-class InstallError(RuntimeError):
+
+class InstallError(UndertowError, RuntimeError):
     """A package is missing and could not be installed."""
 
 

@@ -81,6 +81,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from harness.process import ChildExited, ChildProcess, NotReady, ProcessError, file_tail
+from undertow.errors import UndertowError
 
 __all__ = [
     "BrokerError",
@@ -119,11 +120,11 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _AUTO_PORT_ATTEMPTS = 3
 
 
-class BrokerError(RuntimeError):
+class BrokerError(UndertowError, RuntimeError):
     """The embedded broker could not be started, queried or configured."""
 
 
-class UnknownTopicError(LookupError):
+class UnknownTopicError(UndertowError, LookupError):
     """The topic does not exist on the broker."""
 
 

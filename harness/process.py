@@ -45,6 +45,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from undertow.errors import UndertowError
+
 __all__ = [
     "ChildExited", "ChildProcess", "NotReady", "ProcessError", "file_tail", "run", "stop_all",
 ]
@@ -67,7 +69,7 @@ def file_tail(path: str | os.PathLike[str], max_bytes: int = 4000) -> str:
     return _ANSI_ESCAPE.sub("", text).strip() or "(log empty)"
 
 
-class ProcessError(RuntimeError):
+class ProcessError(UndertowError, RuntimeError):
     """A child process could not be started, or did not become ready.
 
     ``reason`` is the message without the log tail; ``log_tail`` the end of the child's log;

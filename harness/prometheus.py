@@ -43,6 +43,7 @@ from typing import Any, Self
 
 from harness import debian, process
 from harness.process import ChildExited, ChildProcess, NotReady, file_tail
+from undertow.errors import UndertowError
 
 __all__ = [
     "PrometheusError",
@@ -65,7 +66,7 @@ _TARGETS_LINE = re.compile(r"^(?P<indent>\s*-\s*targets:\s*)\[[^\]\n]*\](?P<rest
 _RULE_FILES = re.compile(r"^rule_files:\s*\n((?:[ \t]+-[^\n]*\n?)+)", re.M)
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(UndertowError, RuntimeError):
     """Prometheus or promtool is missing, would not start, or rejected something."""
 
 

@@ -239,8 +239,9 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
                 result = learner.remove(c.model)
         except Exception as ex:  # a bad command is answered, never fatal
             metrics.CONTROL_COMMANDS.labels(command=c.command, result="error").inc()
-            out.append(DeadLetter(BAD_CONTROL, f"{type(ex).__name__}: {ex}"[:500], c.raw, None,
-                                  c.topic, c.partition, c.offset, self.step_id))
+            out.append(DeadLetter.of_bytes(BAD_CONTROL, f"{type(ex).__name__}: {ex}", c.raw,
+                                           topic=c.topic, partition=c.partition,
+                                           offset=c.offset, step=self.step_id))
             log.error("model step %r: control %s %r failed: %s", self.step_id, c.command,
                       c.model, ex)
             return

@@ -1,16 +1,21 @@
-"""The undertow demo: the fraud dataflow, live, on an embedded Kafka broker with generated data.
+"""The undertow demo: a shipped stream, live, on an embedded Kafka broker with generated data.
 
-    bash scripts/demo.sh [--events 100000] [--model logreg|hat] [--metrics-port 3030] [--rate 2000]
+    bash scripts/demo.sh [--stream fraud|clicks|income] [--events 100000] [--model logreg|hat]
+                         [--metrics-port 3030] [--rate 2000]
 
 1. starts the embedded broker (Tansu) and creates the topics;
-2. writes a deterministic card-transaction workload (delayed labels, a concept drift half way,
-   5 % of events never labelled, a few malformed records) to it: all of it first, or with
-   ``--rate`` as a live stream while the dataflow runs (to watch it in Prometheus/Grafana);
-3. runs ``python -m bytewax.run dataflows.fraud:flow`` with Bytewax's API server on, so its
+2. writes a deterministic workload of the stream to it: for ``fraud`` (the default) card
+   transactions with delayed labels, a concept drift half way, 5 % of events never labelled and a
+   few malformed records; for ``clicks`` and ``income`` their generators' (harness/); all of it
+   first, or with ``--rate`` as a live stream while the dataflow runs (to watch it in
+   Prometheus/Grafana);
+3. runs ``python -m bytewax.run dataflows.fraud:flow`` (``dataflows.stream:flow`` with
+   ``UNDERTOW_STREAM=streams/NAME.toml`` for the others) with Bytewax's API server on, so its
    metrics are at ``http://127.0.0.1:PORT/metrics`` while it runs, and prints progress from them;
 4. once every record is accounted for, stops the dataflow (as Ctrl-C would) and the broker, and
    prints a summary: events, predictions, labels learned, expiries, dead letters, quality of the
-   served predictions before and after the drift, drift detections, events/s, p50/p99 latency.
+   served predictions (before and after the drift, for fraud), drift detections, events/s,
+   p50/p99 latency.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from river import metrics as rm  # noqa: E402
 
 from connectors.summary import samples_of, summary_lines, total  # noqa: E402
-from harness.generate import KafkaSink  # noqa: E402
-from harness.generate import run as write_workload
+from harness.generate import OTHER_STREAMS, STREAMS, KafkaSink, run_records  # noqa: E402
+from harness.generate import run as write_workload  # noqa: E402
 from harness.kafka import EmbeddedKafka, free_port, read_topic  # noqa: E402
 from harness.process import ChildProcess  # noqa: E402
 from harness.workload import WorkloadConfig, drift_index  # noqa: E402
@@ -85,11 +90,16 @@ def quality(pairs: list[tuple[bool, float]]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--stream", choices=STREAMS, default="fraud",
+                    help="the shipped stream (streams/NAME.toml) to generate and run")
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--model", choices=["logreg", "hat"], default="logreg")
+    ap.add_argument("--model", default="",
+                    help="the champion instead of the stream file's (logreg, hat, or a River "
+                         "expression)")
     ap.add_argument("--metrics-port", type=int, default=0, help="default: 3030 if free")
-    ap.add_argument("--label-ttl-s", type=float, default=3600.0)
+    ap.add_argument("--label-ttl-s", type=float, default=None,
+                    help="default: 3600 for fraud, the stream file's [labels] ttl for others")
     ap.add_argument("--timeout-s", type=float, default=900.0)
     ap.add_argument("--rate", type=float, default=0.0,
                     help="events/s while the dataflow runs (0: load everything first)")
@@ -97,7 +107,11 @@ def main() -> int:
     port = args.metrics_port or (3030 if _port_free(3030) else free_port())
     tty = sys.stdout.isatty()
 
-    print(f"undertow demo: {args.events} events, model {args.model}")
+    other = OTHER_STREAMS.get(args.stream)
+    if other is None and args.label_ttl_s is None:
+        args.label_ttl_s = 3600.0
+    print(f"undertow demo: stream {args.stream}, {args.events} events, model "
+          f"{args.model or 'of the stream file'}")
     with EmbeddedKafka() as kafka:
         bs = kafka.bootstrap_servers
         kafka.create_topics({name: n for name, n in TOPICS.items()})
@@ -109,7 +123,12 @@ def main() -> int:
         def write() -> None:
             sink = KafkaSink(bs, "events", "labels", 60.0)
             t0 = time.monotonic()
-            result["written"] = write_workload(config, sink, n_malformed=25, rate=args.rate)
+            if other is None:
+                result["written"] = write_workload(config, sink, n_malformed=25, rate=args.rate)
+            else:
+                evs, lbs = other.generate(args.seed, args.events)
+                result["written"] = {**run_records(other, evs, lbs, sink, rate=args.rate),
+                                     "malformed": 0, "drift_ts": None}
             result["errors"] = sink.close()
             result["seconds"] = time.monotonic() - t0
 
@@ -119,9 +138,9 @@ def main() -> int:
                       file=sys.stderr)
                 return False
             w = result["written"]
+            drift = f"; drift at event {drift_index(config)}" if other is None else ""
             print(f"  wrote {w['events']} events, {w['labels']} labels, {w['malformed']} "
-                  f"malformed records in {result['seconds']:.1f} s; drift at event "
-                  f"{drift_index(config)}")
+                  f"malformed records in {result['seconds']:.1f} s{drift}")
             return True
 
         writer = threading.Thread(target=write, daemon=True)
@@ -134,12 +153,15 @@ def main() -> int:
             **os.environ,
             "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": bs,
             "UNDERTOW_MODEL": args.model,
-            "UNDERTOW_LABEL_TTL_S": str(args.label_ttl_s),
+            **({} if args.label_ttl_s is None else {"UNDERTOW_LABEL_TTL_S": str(args.label_ttl_s)}),
+            **({} if other is None else {"UNDERTOW_STREAM": str(ROOT / "streams" /
+                                                                 f"{args.stream}.toml")}),
             "BYTEWAX_DATAFLOW_API_ENABLED": "true",
             "BYTEWAX_DATAFLOW_API_PORT": str(port),
             "PYTHONPATH": str(ROOT),
         }
-        cmd = [sys.executable, "-m", "bytewax.run", "dataflows.fraud:flow"]
+        flow = "dataflows.fraud:flow" if other is None else "dataflows.stream:flow"
+        cmd = [sys.executable, "-m", "bytewax.run", flow]
         print(f"  running: {' '.join(cmd[1:])}   (metrics: http://127.0.0.1:{port}/metrics)")
         proc = ChildProcess(cmd, cwd=ROOT, env=env, inherit_output=True, stop_timeout=30).start()
         if args.rate > 0:  # a live stream at the given rate while the dataflow runs
@@ -199,15 +221,19 @@ def main() -> int:
         preds = [orjson.loads(m.value()) for m in read_topic(bs, "predictions")]
         dead = read_topic(bs, "deadletter")
         labels = {}
+        value_field = "is_fraud" if other is None else other.label_field
         for m in read_topic(bs, "labels"):
             lb = orjson.loads(m.value())
-            labels[lb["event_id"]] = lb["is_fraud"]
-        before = [(labels[p["event_id"]], p["score"]) for p in preds
-                  if p["event_id"] in labels and p["event_ts"] < drift_ts]
-        after = [(labels[p["event_id"]], p["score"]) for p in preds
-                 if p["event_id"] in labels and p["event_ts"] >= drift_ts]
-        first_hour = [(labels[p["event_id"]], p["score"]) for p in preds
-                      if p["event_id"] in labels and drift_ts <= p["event_ts"] < drift_ts + 3600_000]
+            labels[lb["event_id"]] = lb[value_field]
+        served = [(labels[p["event_id"]], p["score"], p["event_ts"]) for p in preds
+                  if p["event_id"] in labels]
+        if drift_ts is None:  # no drift: one line for the whole stream
+            before = [(y, s) for y, s, _ in served]
+            after = first_hour = []
+        else:
+            before = [(y, s) for y, s, ts in served if ts < drift_ts]
+            after = [(y, s) for y, s, ts in served if ts >= drift_ts]
+            first_hour = [(y, s) for y, s, ts in served if drift_ts <= ts < drift_ts + 3600_000]
         elapsed = (last or done_at) - (first_pred_at or done_at) + 1.0  # 1 s scrape granularity
         m = final
         print("summary")
@@ -218,9 +244,12 @@ def main() -> int:
         counted = int(total(m, "undertow_dead_letters_total"))
         if len(dead) != counted:
             print(f"  (the dead-letter topic holds {len(dead)} records, the metrics count {counted})")
-        print(f"  before the drift       {quality(before)}")
-        print(f"  first hour after it    {quality(first_hour)}")
-        print(f"  after the drift        {quality(after)}")
+        if drift_ts is None:
+            print(f"  served predictions     {quality(before)}")
+        else:
+            print(f"  before the drift       {quality(before)}")
+            print(f"  first hour after it    {quality(first_hour)}")
+            print(f"  after the drift        {quality(after)}")
         ups = int(total(m, DRIFT_UP, **UP))
         downs = int(total(m, DRIFT_UP, **{**UP, "direction": "down"}))
         print(f"  drift detections       {ups} up / {downs} down (ADWIN on the served error;"
@@ -228,7 +257,9 @@ def main() -> int:
         worst = sorted(((total(m, "undertow_feature_drift_psi", feature=f), f) for f in {
             dict(lb)["feature"] for (n, lb) in m if n == "undertow_feature_drift_psi"}),
             reverse=True)[:3]
-        print("  feature drift (PSI)    " + ", ".join(f"{f} {v:.2f}" for v, f in worst))
+        print("  feature drift (PSI)    " + (", ".join(f"{f} {v:.2f}" for v, f in worst) or
+                                             "not computed yet (every UNDERTOW_DRIFT_EVERY "
+                                             "events)"))
         print(f"  throughput             {len(preds) / elapsed:,.0f} events/s (scraped each second)")
         print(f"  processing latency     p50 {1000 * quantile(m, 'undertow_processing_latency_seconds', 0.5):.1f} ms"
               f"  p99 {1000 * quantile(m, 'undertow_processing_latency_seconds', 0.99):.1f} ms"

@@ -158,7 +158,7 @@ def test_cli_help_and_clear_errors(kafka, tmp_path):
         (["--events-file", str(bad), "--labels-file", str(labels)],
          "line 1 is not a JSON object"),
         (["--events-file", str(events), "--labels-file", str(labels), "--model", "x=zzz"],
-         "--model: unknown model kind 'zzz'"),
+         "--model: model 'x': model 'zzz': 'zzz' is not a river module"),
         (["--events-file", str(events), "--labels-file", str(labels), "--start", "yesterday"],
          "--start: not an ISO-8601 time"),
     ]

@@ -137,7 +137,7 @@ def test_stream_file_features_read_declared_fields() -> None:
     for field, values in onehots.items():
         assert values == declared[field]["values"], field
     assert doc["labels"] == {"id": "event_id", "key": "person_id", "time": "ts",
-                             "value": "high_income", "target": "binary"}
+                             "value": "high_income", "target": "binary", "ttl": "4d"}
     assert doc["models"][0]["name"] == "income"
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from undertow.errors import StreamError
 from undertow.features import SpecState, finish
+from undertow.models import make_model
 from undertow.schema import DeadLetter, Event, decode_event
 from undertow.stream import load_stream, stream_from_dict
 
@@ -297,3 +298,24 @@ def test_every_command_answers_a_bad_stream_file_with_one_line_and_status_2(tmp_
     assert missing.returncode == 2
     assert missing.stderr.strip().startswith(
         "undertow: bad setting: UNDERTOW_STREAM: must name a stream file")
+
+
+def test_importing_a_dataflow_module_builds_no_flow(tmp_path):
+    """Only ``module.flow`` builds: importing the fraud module (say, for its stream) with a start
+    checkpoint that only the clicks model has does not fail, and each module resolves
+    ``latest`` for its own model."""
+    from connectors.checkpoint import ModelStore
+
+    clicks = load_stream(ROOT / "streams" / "clicks.toml")
+    ModelStore(tmp_path).write("clicks", make_model("logreg"),
+                               version=3, labels_learned=10, feature_spec="clicks",
+                               stream_digest=clicks.digest)
+    env = {"UNDERTOW_MODEL_DIR": str(tmp_path), "UNDERTOW_START_CHECKPOINT": "latest"}
+    ok = run(["-c", "import dataflows.fraud, dataflows.stream, dataflows.clicks\n"
+                    "from dataflows.clicks import flow\nprint(flow.flow_id)"], env)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "undertow_clicks"), ok.stderr[-2000:]
+    fraud = run(["-c", "from dataflows.fraud import flow"], env)
+    assert fraud.returncode == 2
+    assert fraud.stderr.strip() == (
+        f"undertow: bad setting: UNDERTOW_START_CHECKPOINT: no checkpoint of model 'fraud' under "
+        f"{tmp_path}")

@@ -346,15 +346,10 @@ class OnlineLearner:
             due.clear()
         if join.is_served(ev.event_id):
             self._duplicates += 1
-            out.append(
-                DeadLetter(
-                    DUPLICATE_EVENT,
-                    f"event {ev.event_id!r} was already scored by model step {self.name!r}",
-                    orjson.dumps(ev.fields),
-                    ev.key.encode(),
-                    step=self.name,
-                )
-            )
+            out.append(DeadLetter.of_event(
+                ev, DUPLICATE_EVENT,
+                f"event {ev.event_id!r} was already scored by model step {self.name!r}",
+                self.name))
             return
         x = fe.features
         now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
@@ -471,18 +466,9 @@ class OnlineLearner:
     def _dead_letter(self, label: Label, reason: str, detail: str, out: list[Any]) -> None:
         d = self._dead_letters
         d[reason] = d.get(reason, 0) + 1
-        out.append(
-            DeadLetter(
-                reason,
-                f"{detail} (model step {self.name!r}, event {label.event_id!r})",
-                label.raw,
-                label.key.encode(),
-                label.topic,
-                label.partition,
-                label.offset,
-                step=self.name,
-            )
-        )
+        out.append(DeadLetter.of_label(
+            label, reason, f"{detail} (model step {self.name!r}, event {label.event_id!r})",
+            self.name))
 
     # -- read-outs ------------------------------------------------------------------------------
 

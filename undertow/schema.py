@@ -261,9 +261,10 @@ class DeadLetter(NamedTuple):
 
     @classmethod
     def of_label(cls, lb: Label, reason: str, detail: str, step: str) -> DeadLetter:
-        """A decoded label the model step cannot learn (unknown, expired, duplicate...)."""
-        return cls(reason, detail[:1000], lb.raw, None, lb.topic, lb.partition, lb.offset,
-                   step, lb.seq)
+        """A decoded label the model step cannot learn (unknown, expired, duplicate...),
+        keyed by its entity."""
+        return cls(reason, detail[:1000], lb.raw, lb.key.encode("utf-8", "backslashreplace"),
+                   lb.topic, lb.partition, lb.offset, step, lb.seq)
 
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers that carry the error next to the untouched raw bytes."""
