@@ -197,6 +197,25 @@ ACCURACY = Gauge(
 )
 LOG_LOSS = Gauge("undertow_model_log_loss", "Rolling log-loss of served predictions.", ["model"])
 ROC_AUC = Gauge("undertow_model_roc_auc_ratio", "Rolling ROC AUC of served predictions.", ["model"])
+MACRO_F1 = Gauge("undertow_model_macro_f1_ratio",
+                 "Rolling macro F1 of served multi-class predictions.", ["model"])
+MAE = Gauge("undertow_model_mae", "Rolling mean absolute error of served regression predictions.",
+            ["model"])
+RMSE = Gauge("undertow_model_rmse", "Rolling root mean squared error of served regression "
+             "predictions.", ["model"])
+R2 = Gauge("undertow_model_r2_ratio", "Rolling R² of served regression predictions.", ["model"])
+#: Each target's rolling measures (undertow.targets.Target.metrics) -> its gauge.
+QUALITY_GAUGES = {"accuracy": ACCURACY, "log_loss": LOG_LOSS, "roc_auc": ROC_AUC,
+                  "macro_f1": MACRO_F1, "mae": MAE, "rmse": RMSE, "r2": R2}
+#: Multi-class: classes exported per model (the classes are the stream's, listed or learned;
+#: beyond this many, the rest are not exported, so the label set stays bounded).
+MAX_CLASSES_EXPORTED = 50
+CLASS_LABELS = Gauge("undertow_model_class_labels",
+                     "Labels of each class in the rolling quality window (multi-class).",
+                     ["model", "class"])
+CLASS_DECISIONS = Gauge("undertow_model_class_decisions",
+                        "Decisions of each class in the rolling quality window (multi-class).",
+                        ["model", "class"])
 LAST_LEARN = Gauge(
     "undertow_model_last_learn_timestamp_seconds",
     "Wall time of the model's latest learn_one (epoch s).",

@@ -81,7 +81,8 @@ class Settings(BaseModel):
     challengers: str = ""
     #: Optional promotion rule: a challenger beating the champion by the margin on this rolling
     #: metric ("roc_auc", "accuracy" or "log_loss") becomes the champion; empty = off.
-    promotion_metric: Literal["", "roc_auc", "accuracy", "log_loss"] = ""
+    promotion_metric: Literal["", "roc_auc", "accuracy", "log_loss", "macro_f1", "mae", "rmse",
+                              "r2"] = ""
     promotion_margin: float = Field(0.01, ge=0)
     promotion_min_labels: int = Field(1000, ge=0)
     promotion_every: int = Field(500, gt=0)

@@ -65,12 +65,11 @@ def parse_time(text: str, what: str) -> int:
 
 
 def prediction_json(p: Prediction) -> bytes:
-    """The deterministic fields of a prediction (no wall-clock stamps)."""
-    return orjson.dumps({
-        "event_id": p.event_id, "key": p.key, "model": p.model, "model_version": p.model_version,
-        "served": p.served, "score": p.score, "predicted": p.predicted,
-        "labels_learned": p.labels_learned, "event_ts": p.event_ts,
-    })
+    """A prediction's wire fields (those of the predictions topic, per target) without the
+    wall-clock stamp, so the file is deterministic."""
+    d = p.wire()
+    del d["processed_at"]
+    return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS)
 
 
 def run_backtest(

@@ -42,34 +42,39 @@ from connectors.checkpoint import CheckpointError, load_checkpoint
 from connectors.files import JsonlSink, JsonlSource, dead_letter_json
 from connectors.kafka import kafka_source
 from connectors.settings import ConfigError, Settings, load_settings
-from dataflows.stream import STREAMS, check_checkpoint_stream, featurize, stream_of
+from dataflows.stream import STREAMS, check_checkpoint_stream, featurize, stream_of, target_of
 from operators.decode import decode_events
 from undertow.schema import FeaturedEvent, Prediction
 from undertow.stream import Stream as StreamFile
+from undertow.targets import Binary, Target
 
 
 def score_batch_fn(
     model: Any, *, name: str, version: int, labels_learned: int, threshold: float,
-    batch_size: int, clock: Callable[[], float] = time.time,
+    batch_size: int, clock: Callable[[], float] = time.time, target: Target | None = None,
 ) -> Callable[[list[FeaturedEvent]], list[Prediction]]:
-    """Scores a batch of featured events, ``batch_size`` at a time, never learning."""
-    many = getattr(model, "predict_proba_many", None)
+    """Scores a batch of featured events, ``batch_size`` at a time, never learning: with the
+    model's mini-batch method where it has one (``predict_proba_many`` for classes,
+    ``predict_many`` for numbers), else row by row, as the live model step serves."""
+    t = target if target is not None else Binary(threshold)
+    kind = t.name
 
     def score(batch: list[FeaturedEvent]) -> list[Prediction]:
         out: list[Prediction] = []
         for i in range(0, len(batch), batch_size):
             chunk = batch[i:i + batch_size]
-            if many is not None and _same_names(chunk):
-                probs = many(pd.DataFrame([fe.features for fe in chunk]))
-                scores = probs[True].tolist() if True in probs else [0.0] * len(chunk)
-            else:
-                scores = [float(model.predict_proba_one(fe.features).get(True, 0.0))
-                          for fe in chunk]
+            served = None
+            if _same_names(chunk):
+                served = t.serve_many(model, pd.DataFrame([fe.features for fe in chunk]),
+                                      len(chunk))
+            if served is None:
+                served = [t.serve(model, fe.features) for fe in chunk]
             now = clock()
-            for fe, s in zip(chunk, scores, strict=True):
+            for fe, v in zip(chunk, served, strict=True):
                 ev = fe.event
-                out.append(Prediction(ev.event_id, ev.key, float(s), s >= threshold, name,
-                                      version, labels_learned, ev.ts, now))
+                out.append(Prediction(ev.event_id, ev.key, v if kind == "binary" else None,
+                                      t.decide(v), name, version, labels_learned, ev.ts, now,
+                                      proba=v if kind == "multiclass" else None))
         return out
 
     return score
@@ -120,7 +125,8 @@ def build_flow(
     featured: Stream[FeaturedEvent] = features.featured
     score = score_batch_fn(model, name=str(meta["name"]), version=int(meta["version"]),
                            labels_learned=int(meta["labels_learned"]),
-                           threshold=settings.threshold, batch_size=batch_size)
+                           threshold=settings.threshold, batch_size=batch_size,
+                           target=target_of(settings, stream))
     scored = op.flat_map_batch("score", featured, score)
     op.output("predictions_out", scored, output)
     op.output("deadletter_out", op.merge("dead", events.errs, features.late), deadletters)

@@ -60,6 +60,7 @@ from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
 from undertow.schema import DeadLetter, Event
 from undertow.stream import Stream as StreamFile
+from undertow.targets import Target, target
 from undertow.stream import load_stream
 
 #: The shipped stream files.
@@ -121,6 +122,7 @@ def make_learner(
         model, meta = load_checkpoint(_store(s).resolve(s.start_checkpoint, champ))
         version, learned = int(meta["version"]), int(meta["labels_learned"])
     config = LearnerConfig(
+        target=target_of(s, stream),
         label_ttl_ms=stream.label_ttl_ms if s.label_ttl_s is None else int(s.label_ttl_s * 1000),
         early_label_ttl_ms=int(settings.early_label_ttl_s * 1000),
         ttl_clock=s.label_ttl_clock,
@@ -150,6 +152,11 @@ def make_learner(
     return learner
 
 
+def target_of(s: Settings, stream: StreamFile) -> Target:
+    """The stream's target, with the decision threshold of ``UNDERTOW_THRESHOLD``."""
+    return target(stream.labels.target, threshold=s.threshold, classes=stream.labels.classes)
+
+
 def _store(s: Settings) -> ModelStore:
     return ModelStore(s.model_dir or ".", keep=s.checkpoint_keep)
 
@@ -160,6 +167,11 @@ def check_model_settings(s: Settings, stream: StreamFile) -> None:
         raise ConfigError("UNDERTOW_MODEL_DIR: must be set to write checkpoints "
                           "(UNDERTOW_CHECKPOINT_EVERY_LABELS / _EVERY_S)")
     served_models(s, stream)
+    measures = target_of(s, stream).metrics
+    if s.promotion_metric and s.promotion_metric not in measures:
+        raise ConfigError(f"UNDERTOW_PROMOTION_METRIC: {s.promotion_metric!r} is not a measure "
+                          f"of the stream's {stream.labels.target} target; one of "
+                          f"{', '.join(measures)}")
     if s.start_checkpoint:
         try:
             _, meta = load_checkpoint(_store(s).resolve(s.start_checkpoint,

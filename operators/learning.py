@@ -129,9 +129,11 @@ class _ReportExporter:
         n = s.name
         metrics.PREDICTIONS.labels(model=n).inc(s.predictions)
         metrics.LABELS_LEARNED.labels(model=n).inc(s.labels_learned)
-        metrics.ACCURACY.labels(model=n).set(s.quality["accuracy"])
-        metrics.LOG_LOSS.labels(model=n).set(s.quality["log_loss"])
-        metrics.ROC_AUC.labels(model=n).set(s.quality["roc_auc"])
+        for measure, value in s.quality.items():
+            metrics.QUALITY_GAUGES[measure].labels(model=n).set(value)
+        for c, (labels, decisions) in list(s.classes.items())[:metrics.MAX_CLASSES_EXPORTED]:
+            metrics.CLASS_LABELS.labels(model=n, **{"class": str(c)}).set(labels)
+            metrics.CLASS_DECISIONS.labels(model=n, **{"class": str(c)}).set(decisions)
         metrics.MODEL_VERSION.labels(model=n).set(s.version)
         if s.last_learn_at is not None:
             metrics.LAST_LEARN.labels(model=n).set(s.last_learn_at)
@@ -290,11 +292,14 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
 
 
 def _record_order(v: Any) -> tuple[int, int, str]:
+    """Time, a label before an event; events of one time by id (they reach the step from many
+    feature shards, in no fixed order); labels of one time keep their order of arrival (the
+    sort is stable), as ``simulate_qa`` reveals answers of one time in the order asked."""
     t = type(v)
     if t is FeaturedEvent:
         return (v.event.ts, 1, v.event.event_id)
     if t is Label:
-        return (v.ts, 0, v.event_id)
+        return (v.ts, 0, "")
     return (-1, -1, "")  # commands first: they apply to the batch they came with
 
 

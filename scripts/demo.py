@@ -82,7 +82,7 @@ def quality(pairs: list[tuple[bool, float]]) -> str:
         return "n/a"
     acc, auc, ll = rm.Accuracy(), rm.ROCAUC(), rm.LogLoss()
     for y, p in pairs:
-        acc.update(y, p >= 0.5)
+        acc.update(y, p > 0.5)
         auc.update(y, p)
         ll.update(y, p)
     return f"accuracy {acc.get():.3f}  ROC AUC {auc.get():.3f}  log-loss {ll.get():.3f}"

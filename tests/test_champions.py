@@ -119,7 +119,8 @@ def test_no_rule_or_no_challenger_never_promotes():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"metric": "f1"}, "promotion metric must be roc_auc, accuracy or log_loss, got 'f1'"),
+    ({"metric": "f1"}, "promotion metric must be one of roc_auc, accuracy, log_loss, "
+                       "macro_f1, mae, rmse, r2, got 'f1'"),
     ({"margin": -0.1}, "promotion margin and min_labels must be >= 0, every > 0"),
     ({"every": 0}, "promotion margin and min_labels must be >= 0, every > 0"),
 ])

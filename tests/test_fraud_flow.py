@@ -67,7 +67,7 @@ def test_every_event_scored_once_and_every_bad_record_dead_lettered(workload):
 
     assert sorted(p.event_id for p in preds) == sorted(e["event_id"] for e in workload.events)
     assert {p.model for p in preds} == {"fraud"}
-    assert all(0.0 <= p.score <= 1.0 and p.predicted == (p.score >= 0.5) for p in preds)
+    assert all(0.0 <= p.score <= 1.0 and p.predicted == (p.score > 0.5) for p in preds)
 
     by_raw = {(d.raw, d.reason) for d in dead}
     assert {(raw, reason) for raw, reason in bad} <= by_raw

@@ -95,7 +95,7 @@ def test_outcomes_are_the_served_scores_of_each_learned_label():
     assert len(outcomes) == 100
     for o in outcomes:
         assert o.score == served[(o.model, o.event_id)]
-        assert o.label_ts == o.event_ts + 5000 and o.predicted == (o.score >= 0.5)
+        assert o.label_ts == o.event_ts + 5000 and o.predicted == (o.score > 0.5)  # strictly above: the cold-start rule
 
 
 class Constant:

@@ -148,7 +148,7 @@ MISTAKES = [
     (('model = "tree.HoeffdingTreeClassifier(grace_period=50)"', 'model = "__import__(\'os\')"'),
      "[[models]] 'tree': model \"__import__('os')\":"),
     (('target = "binary"', 'target = "ordinal"'),
-     "[labels] target: unknown target 'ordinal'; one of ['binary']"),
+     "[labels] target: unknown target 'ordinal'; one of ['binary', 'multiclass', 'regression']"),
     (('value = "is_fraud"\n', ""),
      "[labels] value: missing: the field that holds the label's truth"),
     (('amount = { type = "number", min = 0 }', 'amount = { type = "number" }'),

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from undertow.drift import ConceptDrift
-from undertow.quality import RollingQuality
+from undertow.targets import Binary, Target
 
 #: Models a slot keeps for ``rollback`` (newest last), and promotions kept for read-outs.
 KEEP_PREVIOUS = 3
 KEEP_PROMOTIONS = 100
 
-PROMOTION_METRICS = ("roc_auc", "accuracy", "log_loss")
+#: Every target's rolling measures (a rule's metric must be one of its stream's target's).
+PROMOTION_METRICS = ("roc_auc", "accuracy", "log_loss", "macro_f1", "mae", "rmse", "r2")
 
 
 @dataclass(slots=True)
@@ -48,7 +49,7 @@ class ModelSlot:
     name: str
     model: Any
     version: int
-    quality: RollingQuality
+    quality: Any  # the target's rolling quality (undertow.quality)
     error_drift: ConceptDrift = field(default_factory=ConceptDrift)
     score_drift: ConceptDrift = field(default_factory=ConceptDrift)
     labels_learned: int = 0
@@ -78,7 +79,7 @@ class PromotionRule:
 
     def __post_init__(self) -> None:
         if self.metric not in PROMOTION_METRICS:
-            raise ValueError(f"promotion metric must be roc_auc, accuracy or log_loss, "
+            raise ValueError(f"promotion metric must be one of {', '.join(PROMOTION_METRICS)}, "
                              f"got {self.metric!r}")
         if self.margin < 0 or self.min_labels < 0 or self.every <= 0:
             raise ValueError("promotion margin and min_labels must be >= 0, every > 0")
@@ -112,8 +113,13 @@ class Champions:
         challengers: dict[str, Any] | None = None,
         quality_window: int = 1000,
         rule: PromotionRule | None = None,
+        target: Target | None = None,
     ) -> None:
         self.quality_window = quality_window
+        self.target = target if target is not None else Binary()
+        if rule is not None and rule.metric not in self.target.metrics:
+            raise ValueError(f"promotion metric {rule.metric!r} is not a measure of the "
+                             f"{self.target.name} target; one of {self.target.metrics}")
         self.rule = rule
         self.slots: dict[str, ModelSlot] = {}
         self.champion = name
@@ -126,7 +132,7 @@ class Champions:
         self.promoted = 0
 
     def _add(self, name: str, model: Any, version: int) -> ModelSlot:
-        slot = ModelSlot(name, model, version, RollingQuality(self.quality_window))
+        slot = ModelSlot(name, model, version, self.target.quality(self.quality_window))
         self.slots[name] = slot
         return slot
 
@@ -199,7 +205,8 @@ class Champions:
         window = self.quality_window
         if champ.since_swap < rule.min_labels or len(champ.quality) < window:
             return None
-        sign = -1.0 if rule.metric == "log_loss" else 1.0  # higher is better after the sign
+        # Higher is better after the sign.
+        sign = -1.0 if rule.metric in self.target.lower_is_better else 1.0
         best, best_gain = None, rule.margin
         champ_value = sign * champ.metric(rule.metric)
         for slot in self.slots.values():

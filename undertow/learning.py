@@ -45,9 +45,9 @@ from undertow.label_join import (
     PendingPrediction,
     PendingStore,
 )
-from undertow.quality import RollingQuality
 from undertow.schema import (
     DUPLICATE_EVENT,
+    MODEL_ERROR,
     DeadLetter,
     FeaturedEvent,
     Label,
@@ -55,6 +55,7 @@ from undertow.schema import (
     Outcome,
     Prediction,
 )
+from undertow.targets import Binary, Target
 from undertow.watermark import Watermark
 
 __all__ = [
@@ -80,7 +81,9 @@ class LearnerConfig:
     expires; ``early_label_ttl_ms``: how long a label that came before its event waits;
     ``ttl_clock``: ``"event"`` measures both in event time, ``"wall"`` in wall-clock time from
     when the event was served (for live streams whose labels may never come); ``max_pending``:
-    cap on predictions waiting for labels; ``threshold``: ``predicted = score >= threshold``;
+    cap on predictions waiting for labels; ``threshold``: a binary decision is
+    ``score > threshold``; ``target``: what the labels are (:mod:`undertow.targets`; binary with
+    ``threshold`` by default);
     ``quality_window``: window of each model's rolling quality; ``label_partitions`` /
     ``event_partitions``: partitions each watermark waits for before it exists; ``promotion``:
     the rule that promotes a better challenger (None: only by command); ``emit_outcomes``: also
@@ -102,8 +105,11 @@ class LearnerConfig:
     event_partitions: int | None = None
     promotion: PromotionRule | None = None
     emit_outcomes: bool = False
+    target: Target | None = None
 
     def __post_init__(self) -> None:
+        if self.target is None:
+            object.__setattr__(self, "target", Binary(self.threshold))
         if self.label_ttl_ms <= 0:
             raise ValueError(f"label_ttl_ms must be > 0, got {self.label_ttl_ms}")
         if self.early_label_ttl_ms < 0:
@@ -141,7 +147,7 @@ class SlotReport:
     champion: bool
     predictions: int
     labels_learned: int
-    #: accuracy, log_loss and roc_auc of the rolling window now.
+    #: the target's rolling measures now (binary: accuracy, log_loss, roc_auc).
     quality: dict[str, float]
     last_learn_at: float | None
     #: (stream "error" | "score", detector, direction) -> detections since the last report;
@@ -149,6 +155,8 @@ class SlotReport:
     drift_detections: dict[tuple[str, str, str], int]
     #: stream -> ADWIN's estimate now.
     drift_estimates: dict[str, float]
+    #: multi-class: class -> (labels, decisions) of that class in the quality window now.
+    classes: dict[Any, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +225,7 @@ class OnlineLearner:
             raise ValueError("ttl_clock='wall' needs a wall_clock")
         self.name = name
         self.config = config
+        self.target: Target = config.target  # type: ignore[assignment]
         self.threshold = config.threshold
         self.emit_outcomes = config.emit_outcomes
         self.wall_clock = wall_clock
@@ -232,13 +241,14 @@ class OnlineLearner:
         )
         self.champions = Champions(
             name, model, version=version, challengers=challengers,
-            quality_window=config.quality_window, rule=config.promotion,
+            quality_window=config.quality_window, rule=config.promotion, target=self.target,
         )
         self.feature_drift = feature_drift if feature_drift is not None else FeatureDrift()
         self._events = 0
         self._labels = 0
         self._learned = 0
         self._duplicates = 0
+        self._model_errors = 0
         self._dead_letters: dict[str, int] = {}
         # Observations for histograms, handed over (and cleared) by take_report.
         self._label_delays_s: list[float] = []
@@ -277,7 +287,7 @@ class OnlineLearner:
         return self.champions.served.labels_learned
 
     @property
-    def served_quality(self) -> RollingQuality:
+    def served_quality(self) -> Any:
         return self.champions.served.quality
 
     @property
@@ -353,19 +363,26 @@ class OnlineLearner:
             return
         x = fe.features
         now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
-        threshold = self.threshold
+        target = self.target
+        serve, decide, signal = target.serve, target.decide, target.signal
+        kind = target.name
         champion = self.champions.champion
-        scores: dict[str, float] = {}
+        scores: dict[str, Any] = {}
         for slot in self.champions.slots.values():
-            score = float(slot.model.predict_proba_one(x).get(True, 0.0))
-            scores[slot.name] = score
+            try:
+                served = serve(slot.model, x)
+            except Exception as ex:  # a model that fails is named; the others still serve
+                self._model_error(ev, slot.name, "score", ex, out)
+                continue
+            scores[slot.name] = served
             slot.predictions += 1
+            predicted = decide(served)
             out.append(
                 Prediction(
                     ev.event_id,
                     ev.key,
-                    score,
-                    score >= threshold,
+                    served if kind == "binary" else None,
+                    predicted,
                     slot.name,
                     slot.version,
                     slot.labels_learned,
@@ -373,9 +390,10 @@ class OnlineLearner:
                     now,
                     ev.read_at,
                     slot.name == champion,
+                    served if kind == "multiclass" else None,
                 )
             )
-            slot.score_drift.update(score, ev.ts)
+            slot.score_drift.update(signal(served), ev.ts)
         self._event_lags_s.append(now - ev.ts / 1000.0)
         self.feature_drift.update(x)
         join.serve(ev.event_id, ev.key, x, scores, ev.ts, due)
@@ -441,20 +459,23 @@ class OnlineLearner:
         y = label.value
         clock = self.join.clock or label.ts
         now = self.wall_clock() if self.wall_clock is not None else clock / 1000.0
-        threshold = self.threshold
+        target = self.target
         scores = p.scores
         x = p.features
         emit = self.emit_outcomes
         for slot in self.champions.slots.values():
-            score = scores.get(slot.name)
-            if score is not None:
-                predicted = score >= threshold
-                slot.quality.update(y, score, predicted)
-                slot.error_drift.update(abs(float(y) - score), clock)
+            served = scores.get(slot.name)
+            if served is not None:
+                slot.quality.observe(y, served)
+                slot.error_drift.update(target.error(served, y), clock)
                 if emit:
                     out.append(Outcome(slot.name, slot.version, p.event_id, p.event_ts, label.ts,
-                                       y, score, predicted))
-            slot.model.learn_one(x, y)
+                                       y, target.true_score(served, y), target.decide(served)))
+            try:
+                slot.model.learn_one(x, y)
+            except Exception as ex:  # the others still learn; this model missed one label
+                self._model_error(label, slot.name, "learn", ex, out)
+                continue
             slot.last_learn_at = now
             slot.labels_learned += 1
             slot.since_swap += 1
@@ -462,6 +483,18 @@ class OnlineLearner:
         self._label_delays_s.append((label.ts - p.event_ts) / 1000.0)
         if self.champions.rule is not None:
             self.champions.check(self.join.clock or 0)
+
+    def _model_error(self, record: Any, model: str, what: str, ex: Exception,
+                     out: list[Any]) -> None:
+        """A model that raised while scoring an event or learning a label: a dead letter that
+        names the model (the record keeps its bytes), counted; the step goes on."""
+        self._model_errors += 1
+        d = self._dead_letters
+        d[MODEL_ERROR] = d.get(MODEL_ERROR, 0) + 1
+        detail = (f"model {model!r} failed to {what} {record.event_id!r}: "
+                  f"{type(ex).__name__}: {ex}")
+        make = DeadLetter.of_label if type(record) is Label else DeadLetter.of_event
+        out.append(make(record, MODEL_ERROR, detail, self.name))
 
     def _dead_letter(self, label: Label, reason: str, detail: str, out: list[Any]) -> None:
         d = self._dead_letters
@@ -473,9 +506,9 @@ class OnlineLearner:
     # -- read-outs ------------------------------------------------------------------------------
 
     def quality(self, model: str | None = None) -> dict[str, float]:
-        """Rolling quality of one model's scores (the champion's by default)."""
-        q = self.slots[model if model is not None else self.champion].quality
-        return {"accuracy": q.accuracy, "log_loss": q.log_loss, "roc_auc": q.roc_auc}
+        """Rolling quality of one model's served values (the champion's by default), named as
+        the target's :attr:`~undertow.targets.Target.metrics`."""
+        return self.slots[model if model is not None else self.champion].quality.values()
 
     def take_report(self) -> StepReport:
         """What happened since the previous call (the first: since start), and the gauges now.
@@ -503,6 +536,7 @@ class OnlineLearner:
                 self.quality(slot.name), slot.last_learn_at,
                 {k: n - seen.get(k, 0) for k, n in detections.items()},
                 {"error": slot.error_drift.estimate, "score": slot.score_drift.estimate},
+                _class_counts(slot.quality),
             ))
             reported[slot.name] = (slot, slot.predictions, slot.labels_learned, detections)
         promoted = self.champions.promoted
@@ -568,3 +602,13 @@ class OnlineLearner:
                 )
             )
         return out
+
+
+def _class_counts(quality: Any) -> dict[Any, tuple[int, int]]:
+    """class -> (labels, decisions) in a multi-class quality window; {} for other targets."""
+    labels = getattr(quality, "label_counts", None)
+    if labels is None:
+        return {}
+    decisions = quality.decision_counts
+    return {c: (labels.get(c, 0), decisions.get(c, 0))
+            for c in sorted(labels.keys() | decisions.keys(), key=str)}

@@ -45,6 +45,8 @@ NOT_FINITE = "not_finite"
 BELOW_MIN = "below_min"
 ABOVE_MAX = "above_max"
 UNKNOWN_CATEGORY = "unknown_category"
+UNKNOWN_CLASS = "unknown_class"
+MODEL_ERROR = "model_error"
 EMPTY_FIELD = "empty_field"
 KAFKA_ERROR = "kafka_error"
 DUPLICATE_EVENT = "duplicate_event"
@@ -121,7 +123,7 @@ class Label(NamedTuple):
     event_id: str
     key: str
     ts: int
-    value: bool
+    value: Any  # a boolean, a class (string or integer) or a number: the target's
     read_at: float = 0.0
     raw: bytes | None = None
     topic: str | None = None
@@ -144,12 +146,17 @@ class FeaturedEvent(NamedTuple):
 
 
 class Prediction(NamedTuple):
-    """A served prediction, as written to the predictions topic."""
+    """A served prediction, as written to the predictions topic.
+
+    By target (:mod:`undertow.targets`): binary has ``score`` (``P(True)``) and the boolean
+    ``predicted``; multi-class has ``proba`` (class -> probability) and the class ``predicted``
+    (``score`` is None); regression has the number ``predicted`` (``score`` and ``proba`` None).
+    """
 
     event_id: str
     key: str
-    score: float
-    predicted: bool
+    score: float | None
+    predicted: Any
     model: str
     model_version: int
     labels_learned: int
@@ -158,23 +165,27 @@ class Prediction(NamedTuple):
     read_at: float = 0.0
     #: True for the champion's prediction (the one acted on); False for a challenger's shadow one.
     served: bool = True
+    proba: dict[Any, float] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The fields of the wire form (``read_at`` is internal and not written)."""
+        d: dict[str, Any] = {"event_id": self.event_id, "key": self.key}
+        if self.proba is not None:
+            d["predicted"] = self.predicted
+            d["proba"] = self.proba
+        elif self.score is not None:
+            d["score"] = self.score
+            d["predicted"] = self.predicted
+        else:
+            d["predicted"] = self.predicted
+        d.update(model=self.model, model_version=self.model_version,
+                 labels_learned=self.labels_learned, event_ts=self.event_ts,
+                 processed_at=self.processed_at, served=self.served)
+        return d
 
     def to_json(self) -> bytes:
-        """The wire form: one JSON object (``read_at`` is internal and not written)."""
-        return orjson.dumps(
-            {
-                "event_id": self.event_id,
-                "key": self.key,
-                "score": self.score,
-                "predicted": self.predicted,
-                "model": self.model,
-                "model_version": self.model_version,
-                "labels_learned": self.labels_learned,
-                "event_ts": self.event_ts,
-                "processed_at": self.processed_at,
-                "served": self.served,
-            }
-        )
+        """The wire form: one JSON object; a multi-class ``proba``'s classes become its keys."""
+        return orjson.dumps(self.wire(), option=orjson.OPT_NON_STR_KEYS)
 
 
 class Outcome(NamedTuple):
@@ -185,9 +196,11 @@ class Outcome(NamedTuple):
     event_id: str
     event_ts: int
     label_ts: int
-    label: bool
+    label: Any
+    #: P(True) (binary), the probability served for the true class (multi-class), the
+    #: prediction (regression).
     score: float
-    predicted: bool
+    predicted: Any
 
 
 class ModelSummary(NamedTuple):
@@ -329,8 +342,8 @@ class EventSchema:
         return next((r for r in self.fields if r.name == name), None)
 
 
-#: The targets a label can have (multi-class and regression are the targets issue's).
-TARGETS = ("binary",)
+#: The targets a label can have (:mod:`undertow.targets`).
+TARGETS = ("binary", "multiclass", "regression")
 
 
 @dataclass(frozen=True)
@@ -342,6 +355,9 @@ class LabelSchema:
     ts_field: str = "ts"
     value_field: str = "is_fraud"
     target: str = "binary"
+    #: Multi-class: the classes, when listed (another value is a dead letter, unknown_class);
+    #: empty: learned as they come.
+    classes: tuple[Any, ...] = ()
 
 
 class _Invalid(Exception):
@@ -496,19 +512,45 @@ def decode_label(
     True
     >>> decode_label(b'{"event_id":"e1","card_id":"c1","is_fraud":1,"ts":5}').reason
     'wrong_type'
+    >>> iris = LabelSchema(key_field="k", value_field="species", target="multiclass",
+    ...                    classes=("setosa", "versicolor", "virginica"))
+    >>> decode_label(b'{"event_id":"e1","k":"f1","species":"setosa","ts":5}', iris).value
+    'setosa'
+    >>> decode_label(b'{"event_id":"e1","k":"f1","species":"rose","ts":5}', iris).reason
+    'unknown_class'
+    >>> approval = LabelSchema(key_field="k", value_field="y", target="regression")
+    >>> decode_label(b'{"event_id":"e1","k":"a","y":41.5,"ts":5}', approval).value
+    41.5
     """
     try:
         obj = _loads(raw)
         event_id = _string(obj, schema.id_field)
         label_key = _string(obj, schema.key_field)
         ts = _epoch_ms(obj, schema.ts_field)
-        value = _get(obj, schema.value_field)
-        if type(value) is not bool:
-            raise _Invalid(WRONG_TYPE, f"field {schema.value_field!r} must be a boolean, got "
-                                       f"{type(value).__name__}")
+        value = _label_value(obj, schema)
         return Label(event_id, label_key, ts, value, read_at, raw, topic, partition, offset, seq)
     except _Invalid as ex:
         return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step, seq)
+
+
+def _label_value(obj: dict[str, Any], schema: LabelSchema) -> Any:
+    name = schema.value_field
+    if schema.target == "regression":
+        return _number(obj, name)
+    value = _get(obj, name)
+    t = type(value)
+    if schema.target == "binary":
+        if t is not bool:
+            raise _Invalid(WRONG_TYPE, f"field {name!r} must be a boolean, got {t.__name__}")
+        return value
+    if t is not str and t is not int:
+        raise _Invalid(WRONG_TYPE, f"field {name!r} must be a class (a string or an integer), "
+                                   f"got {t.__name__}")
+    if t is str and not value:
+        raise _Invalid(EMPTY_FIELD, f"field {name!r} is empty")
+    if schema.classes and value not in schema.classes:
+        raise _Invalid(UNKNOWN_CLASS, f"field {name!r} has unknown class {str(value)[:100]!r}")
+    return value
 
 
 CONTROL_COMMANDS = ("swap", "rollback", "promote", "remove")

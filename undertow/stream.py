@@ -17,7 +17,7 @@ features (the sections of :mod:`undertow.features`)::
     key = "card_id"
     time = "ts"
     value = "is_fraud"
-    target = "binary"
+    target = "binary"          # or "multiclass" (classes = [...] optional) or "regression"
     ttl = "1d"                 # how long a prediction waits for its label (the default)
     [[models]]                 # the first is the champion, the others challengers
     name = "lr"
@@ -243,14 +243,26 @@ def _field_rule(fname: str, d: Any, fail: Any) -> FieldRule:
 
 
 def _labels(t: dict[str, Any], events: EventSchema, fail: Any) -> LabelSchema:
-    _names(t, "[labels]", ("id", "key", "time", "value", "target"), fail, also=("ttl",))
+    t = dict(t)
+    classes = t.pop("classes", None)
+    _names(t, "[labels]", ("id", "key", "time", "value", "target"), fail,
+           also=("ttl", "classes"))
     if "value" not in t:
         raise fail("[labels]", "value: missing: the field that holds the label's truth")
     target = t.get("target", "binary")
     if target not in TARGETS:
         raise fail("[labels]", f"target: unknown target {target!r}; one of {list(TARGETS)}")
+    if classes is not None:
+        if target != "multiclass":
+            raise fail("[labels]", "classes: only a multiclass target lists classes")
+        if (not isinstance(classes, list) or len(classes) < 2 or not all(
+                (type(c) is str and c) or type(c) is int for c in classes)):
+            raise fail("[labels]", "classes: must be a list of at least two classes (non-empty "
+                                   "strings or integers)")
+        if len(set(classes)) != len(classes):
+            raise fail("[labels]", "classes: a class is listed twice")
     return LabelSchema(t.get("id", events.id_field), t.get("key", events.key_field),
-                       t.get("time", events.ts_field), t["value"], target)
+                       t.get("time", events.ts_field), t["value"], target, tuple(classes or ()))
 
 
 def _models(ms: Any, fail: Any) -> tuple[ModelDecl, ...]:
