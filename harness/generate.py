@@ -188,6 +188,9 @@ class OtherStream:
 OTHER_STREAMS = {
     "clicks": OtherStream("clicks", "harness.clickstream:clicks_workload", "user_id", "converted"),
     "income": OtherStream("income", "harness.income:generate_income", "person_id", "high_income"),
+    "iris": OtherStream("iris", "harness.iris:generate_iris", "flower_id", "species"),
+    "approval": OtherStream("approval", "harness.approval:generate_approval", "series",
+                            "approval"),
 }
 STREAMS = ("fraud", *OTHER_STREAMS)
 

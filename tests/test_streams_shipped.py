@@ -25,6 +25,7 @@ from undertow.features import SpecState
 from undertow.models import make_model
 from undertow.reference import run_reference
 from undertow.stream import load_stream
+from undertow.targets import target
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "streams").glob("*.toml"))
@@ -67,10 +68,12 @@ def test_backtest_then_bulk_scoring_with_no_python(shipped, tmp_path):
     assert [m["model"] for m in report["models"]] == [m.name for m in stream.models]
     preds = read_jsonl(tmp_path / "bt" / "predictions.jsonl")
     champion = stream.models[0]
-    served = {p["event_id"]: p["score"] for p in preds if p["model"] == champion.name}
+    kind = stream.labels.target
+    field = {"binary": "score", "multiclass": "proba", "regression": "predicted"}[kind]
+    served = {p["event_id"]: p[field] for p in preds if p["model"] == champion.name}
     # The oracle: the same features and model in a plain loop, labels learned at their time.
     ref = run_reference(events, labels, make_model(champion.model), spec=stream.features,
-                        label_field=stream.labels.value_field)
+                        label_field=stream.labels.value_field, target=target(kind))
     assert served == ref.scores
     assert len(served) == N_EVENTS  # nothing generated is late or malformed
     for m in stream.models[1:]:
@@ -90,11 +93,15 @@ def test_backtest_then_bulk_scoring_with_no_python(shipped, tmp_path):
 
     model = pickle.loads((ckpt / "model.pkl").read_bytes())
     state = SpecState(stream.features)
+    t = target(kind)
     for ev in events[:300]:
         feats = state.update(ev, ev[stream.events.ts_field])
-        want = float(model.predict_proba_one(feats).get(True, 0.0))
+        want = t.serve(model, feats)
         p = scored[ev["event_id"]]
-        assert p["score"] == pytest.approx(want, rel=1e-9, abs=1e-12)
+        if kind == "multiclass":  # one at a time (no mini-batch method): exactly the same
+            assert p["proba"] == want and p["predicted"] == t.decide(want)
+        else:
+            assert p[field] == pytest.approx(want, rel=1e-9, abs=1e-12)
         assert (p["model"], p["model_version"]) == (champion.name, meta["version"])
 
 
@@ -137,7 +144,16 @@ def test_a_bounded_live_run_serves_every_event_once(shipped, kafka, topics, tmp_
     ids = [p["event_id"] for p in preds]
     assert sorted(ids) == sorted(e["event_id"] for e in read_jsonl(d / "events.jsonl"))
     assert {p["model"] for p in preds} == {stream.models[0].name}
-    assert all(p["served"] is True and 0.0 <= p["score"] <= 1.0 for p in preds)
+    assert all(p["served"] is True for p in preds)
+    kind = stream.labels.target
+    if kind == "binary":
+        assert all(0.0 <= p["score"] <= 1.0 and type(p["predicted"]) is bool for p in preds)
+    elif kind == "multiclass":
+        classes = set(stream.labels.classes)
+        assert all(set(p["proba"]) <= classes and "score" not in p for p in preds)
+        assert {p["predicted"] for p in preds} <= classes | {None}
+    else:
+        assert all(type(p["predicted"]) is float and "score" not in p for p in preds)
     # The bounded run ends with its summary (one process: its counts are the whole run's).
     summary = r.stderr.replace(",", "")
     assert "undertow: end of input; summary of process 0 of 1" in summary

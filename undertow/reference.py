@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from undertow.features import FeatureSpec, SpecState, load_spec
+from undertow.targets import Binary, Target
 
 FRAUD_SPEC = Path(__file__).resolve().parents[1] / "streams" / "fraud.toml"
 
@@ -26,7 +27,7 @@ def _order(r: tuple[int, int, int, Any]) -> tuple[int, int, int]:
 
 @dataclass
 class ReferenceResult:
-    scores: dict[str, float]
+    scores: dict[str, Any]
     learned: int
     seconds: float
     latencies_s: list[float]
@@ -39,8 +40,11 @@ def run_reference(
     *,
     spec: FeatureSpec | None = None,
     label_field: str = "is_fraud",
+    target: Target | None = None,
 ) -> ReferenceResult:
-    """Score every event and learn every label at its time; return the served scores."""
+    """Score every event and learn every label at its time; return the served values (binary:
+    ``P(True)``; see :mod:`undertow.targets` for the others)."""
+    serve = (target if target is not None else Binary()).serve
     features = SpecState(spec if spec is not None else load_spec(FRAUD_SPEC))
     # One merged, time-ordered stream: (ts, 0 for label / 1 for event, seq, record).
     merged = heapq.merge(
@@ -65,7 +69,7 @@ def run_reference(
         feats = features.update(rec, ts)
         if feats is None:  # late: the dataflow sends it to the late side stream, unscored
             continue
-        score = float(model.predict_proba_one(feats).get(True, 0.0))
+        score = serve(model, feats)
         served[rec["event_id"]] = (feats, score)
         scores[rec["event_id"]] = score
         latencies.append(clock() - t0)
