@@ -140,3 +140,30 @@ def test_champions_survive_a_pickle_round_trip():
         x.slots["m"].labels_learned += 2  # the next check is due at 6 labels
     assert c.check(ts=5) == c2.check(ts=5) == Promotion(
         5, "m", "c", "accuracy better by 1.0000 > 0.5", 0.0, 1.0)
+
+
+def test_a_regression_rule_promotes_by_mae_where_lower_is_better():
+    from undertow.targets import Regression
+
+    rule = PromotionRule("mae", margin=0.5, min_labels=4, every=4)
+    c = Champions("champ", "m0", challengers={"close": "m1"}, quality_window=4, rule=rule,
+                  target=Regression())
+    truth = [1.0, 2.0, 3.0, 4.0]
+    for name, offset in (("champ", 2.0), ("close", 0.25)):
+        slot = c.slots[name]
+        for y in truth:
+            slot.quality.observe(y, y + offset)
+            slot.labels_learned += 1
+            slot.since_swap += 1
+    assert (c.slots["champ"].metric("mae"), c.slots["close"].metric("mae")) == (2.0, 0.25)
+    assert c.check(ts=9) == Promotion(9, "champ", "close", "mae better by 1.7500 > 0.5", 2.0,
+                                      0.25)
+    assert c.champion == "close"
+
+
+def test_a_rule_must_measure_the_target():
+    from undertow.targets import Multiclass
+
+    with pytest.raises(ValueError, match="promotion metric 'roc_auc' is not a measure of the "
+                                         "multiclass target; one of"):
+        Champions("m", "v1", rule=PromotionRule("roc_auc"), target=Multiclass())

@@ -95,3 +95,30 @@ def test_arbitrary_objects_never_raise(obj):
     raw = json.dumps({**GOOD, **obj}).encode()
     assert isinstance(decode_event(raw, FRAUD_EVENTS), (Event, DeadLetter))
     assert isinstance(decode_label(raw), (Label, DeadLetter))
+
+
+def test_labels_of_each_target():
+    from undertow.schema import LabelSchema
+
+    iris = LabelSchema(key_field="k", value_field="species", target="multiclass",
+                       classes=("setosa", "versicolor", "virginica"))
+    learned = LabelSchema(key_field="k", value_field="y", target="multiclass")
+    approval = LabelSchema(key_field="k", value_field="y", target="regression")
+
+    def lab(schema, value):
+        raw = orjson.dumps({"event_id": "e1", "k": "a", "ts": 5, schema.value_field: value})
+        got = decode_label(raw, schema)
+        return got.value if isinstance(got, Label) else (got.reason, got.detail)
+
+    assert lab(iris, "virginica") == "virginica"
+    assert lab(iris, "rose") == ("unknown_class", "field 'species' has unknown class 'rose'")
+    assert lab(iris, 2) == ("unknown_class", "field 'species' has unknown class '2'")
+    assert lab(learned, 7) == 7 and lab(learned, "seven") == "seven"  # learned as they come
+    assert lab(learned, True)[0] == "wrong_type"  # a boolean is no class
+    assert lab(learned, 1.5) == ("wrong_type", "field 'y' must be a class (a string or an "
+                                               "integer), got float")
+    assert lab(learned, "")[0] == "empty_field"
+    assert lab(approval, 41.5) == 41.5 and lab(approval, 41) == 41
+    assert lab(approval, "41")[0] == "wrong_type" and lab(approval, True)[0] == "wrong_type"
+    nan = b'{"event_id":"e1","k":"a","ts":5,"y":NaN}'
+    assert decode_label(nan, approval).reason == "not_finite"

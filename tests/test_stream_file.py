@@ -319,3 +319,29 @@ def test_importing_a_dataflow_module_builds_no_flow(tmp_path):
     assert fraud.stderr.strip() == (
         f"undertow: bad setting: UNDERTOW_START_CHECKPOINT: no checkpoint of model 'fraud' under "
         f"{tmp_path}")
+
+
+def test_targets_and_classes_in_the_stream_file(tmp_path):
+    iris = load_stream(ROOT / "streams" / "iris.toml")
+    assert (iris.labels.target, iris.labels.classes) == (
+        "multiclass", ("setosa", "versicolor", "virginica"))
+    assert load_stream(ROOT / "streams" / "approval.toml").labels.target == "regression"
+    for change, message in [
+        ('target = "binary"', "[labels] classes: only a multiclass target lists classes"),
+        ('target = "multiclass"', "[labels] classes: must be a list of at least two classes"),
+    ]:
+        text = PAYMENTS.replace('target = "binary"', f'{change}\nclasses = ["a"]')
+        with pytest.raises(StreamError) as ei:
+            load_stream(write(tmp_path, text))
+        assert message in str(ei.value)
+
+
+def test_a_promotion_metric_of_another_target_stops_start_up():
+    from connectors.settings import ConfigError, load_settings
+    from dataflows.stream import build_flow, shipped
+
+    with pytest.raises(ConfigError, match="^UNDERTOW_PROMOTION_METRIC: 'roc_auc' is not a "
+                                          "measure of the stream's regression target; one of "
+                                          "mae, rmse, r2$"):
+        build_flow(load_settings({}, promotion_metric="roc_auc"), shipped("approval"),
+                   sources={"events": [], "labels": []})
