@@ -111,7 +111,7 @@ def run_backtest(
     dead.sort(key=lambda d: (d.seq, d.reason, d.detail))
     (out_dir / "deadletters.jsonl").write_bytes(b"".join(dead_letter_json(d) + b"\n"
                                                          for d in dead))
-    report = build_report(outcomes, summaries, meta={
+    report = build_report(outcomes, summaries, target=stream.labels.target, meta={
         **(meta or {}), "stream": stream.name,
         "models": " ".join(f"{n}={k}" for n, k in models),
         "dead_letters": len(dead)})
@@ -130,6 +130,21 @@ def parse_models(values: list[str]) -> list[tuple[str, str]]:
     except ValueError as ex:
         raise ConfigError(f"--model: {ex}") from None
     return list(parsed.items())
+
+
+#: The headline measures of each target in the closing lines: (key of ``final``, name).
+HEADLINE = {"binary": (("roc_auc", "ROC AUC"),),
+            "multiclass": (("accuracy", "accuracy"), ("macro_f1", "macro F1")),
+            "regression": (("mae", "MAE"), ("r2", "R²"))}
+
+
+def closing_line(m: dict[str, Any], target: str) -> str:
+    """One model's closing line: its counts, its target's headline measures, its drifts."""
+    f = m["final"]
+    measures = "  ".join(f"{name} {'–' if f[k] is None else format(f[k], '.4f')}"
+                         for k, name in HEADLINE[target])
+    return (f"{m['model']:>12}{' *' if m['champion'] else '  '} events {m['events']}  "
+            f"learned {m['learned']}  {measures}  drift detections {len(m['drift'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"undertow backtest: {ex}", file=sys.stderr)
         return 2
     for m in report["models"]:
-        f = m["final"]
-        auc = "–" if f["roc_auc"] is None else f"{f['roc_auc']:.4f}"
-        print(f"{m['model']:>12}{' *' if m['champion'] else '  '} events {m['events']}  "
-              f"learned {m['learned']}  ROC AUC {auc}  drift detections {len(m['drift'])}")
+        print(closing_line(m, report["target"]))
     print(f"report: {Path(a.out) / 'report.html'}")
     return 0
 
