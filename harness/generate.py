@@ -67,6 +67,25 @@ class Sink(Protocol):
     def close(self) -> int: ...
 
 
+class MemorySink:
+    """Records in a list, as (kind, value, key, ts): for tests of what the generator writes."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, bytes | None, int]] = []
+
+    def event(self, value: bytes, key: bytes | None, ts: int) -> None:
+        self.records.append(("event", value, key, ts))
+
+    def label(self, value: bytes, key: bytes | None, ts: int) -> None:
+        self.records.append(("label", value, key, ts))
+
+    def idle(self) -> None:
+        pass
+
+    def close(self) -> int:
+        return 0
+
+
 class JsonlSink:
     """``events.jsonl`` and ``labels.jsonl`` in ``out_dir``, one record per line."""
 

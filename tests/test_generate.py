@@ -16,25 +16,8 @@ import harness.clickstream
 import harness.generate
 import harness.workload
 from harness.clickstream import clicks_workload, generate_clicks
-from harness.generate import OTHER_STREAMS, main, run_records
+from harness.generate import OTHER_STREAMS, MemorySink, main, run_records
 from harness.income import generate_income
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes, bytes | None, int]] = []
-
-    def event(self, value: bytes, key: bytes | None, ts: int) -> None:
-        self.records.append(("event", value, key, ts))
-
-    def label(self, value: bytes, key: bytes | None, ts: int) -> None:
-        self.records.append(("label", value, key, ts))
-
-    def idle(self) -> None:
-        pass
-
-    def close(self) -> int:
-        return 0
 
 
 def lines(path: Path) -> list[bytes]:
@@ -100,7 +83,7 @@ def test_run_records_merges_in_time_order_labels_first_keyed_by_the_entity() -> 
               {"event_id": "k1", "user_id": "b", "converted": False, "ts": 40},
               {"event_id": "k2", "user_id": "a", "converted": True, "ts": 20},
               {"event_id": "k3", "user_id": "c", "converted": False, "ts": 31}]
-    sink = ListSink()
+    sink = MemorySink()
     summary = run_records(OTHER_STREAMS["clicks"], events, labels, sink)
     assert [(kind, orjson.loads(v)["event_id"], key, ts) for kind, v, key, ts in sink.records] == [
         ("event", "k0", b"a", 10),
@@ -119,7 +102,7 @@ def test_run_records_merges_in_time_order_labels_first_keyed_by_the_entity() -> 
 
 def test_income_records_are_keyed_by_person_id() -> None:
     events, labels = generate_income(2, 200)
-    sink = ListSink()
+    sink = MemorySink()
     run_records(OTHER_STREAMS["income"], events, labels, sink)
     assert len(sink.records) == len(events) + len(labels)
     for _kind, value, key, ts in sink.records:
@@ -164,9 +147,9 @@ def test_stream_fraud_is_the_default_and_writes_the_same_bytes(tmp_path: Path, c
 
 def test_unknown_stream_is_an_argparse_error(capsys) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["--stream", "iris"])
+        main(["--stream", "tulips"])
     assert info.value.code == 2
-    assert "invalid choice: 'iris'" in capsys.readouterr().err
+    assert "invalid choice: 'tulips'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("module", [harness.workload, harness.generate, harness.clickstream])

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import linear_model, preprocessing
 
-from harness.generate import JsonlSink, malformed_positions, run
+from harness.generate import JsonlSink, MemorySink, malformed_positions, run
 from harness.workload import (
     CHANNELS,
     DEFAULT_START_MS,
@@ -633,26 +633,9 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     assert _cli("--to", "jsonl", "--drift-at", "2", cwd=tmp_path).returncode == 2
 
 
-class _ListSink:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes, bytes | None, int]] = []
-
-    def event(self, value: bytes, key: bytes | None, ts: int) -> None:
-        self.records.append(("event", value, key, ts))
-
-    def label(self, value: bytes, key: bytes | None, ts: int) -> None:
-        self.records.append(("label", value, key, ts))
-
-    def idle(self) -> None:
-        pass
-
-    def close(self) -> int:
-        return 0
-
-
 def test_run_paces_events_and_interleaves_labels() -> None:
     config = WorkloadConfig(seed=12, n_events=300, delay_median_ms=2_000, delay_max_ms=30_000)
-    sink = _ListSink()
+    sink = MemorySink()
     started = time.monotonic()
     summary = run(config, sink, n_malformed=3, rate=3_000.0)
     elapsed = time.monotonic() - started
