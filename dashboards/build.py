@@ -124,14 +124,17 @@ def quantiles(metric: str, qs: tuple[float, ...], by: str = "model", sel: str = 
 
 
 # -- dashboards -----------------------------------------------------------------------------------
-def _base(uid: str, title: str, desc: str, *variables: db.QueryVariable) -> db.Dashboard:
+def _base(uid: str, title: str, desc: str, *variables: db.QueryVariable,
+          models_of: str = "undertow_predictions_total") -> db.Dashboard:
+    """A dashboard with the ``datasource`` and ``model`` variables; ``model`` lists the models
+    that export ``models_of``."""
     d = (db.Dashboard(title).uid(uid).description(desc).tags(TAGS).refresh("5s")
          .time("now-30m", "now").timezone("browser").tooltip(dm.DashboardCursorSync.CROSSHAIR)
          .readonly()
          .with_variable(db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
          .with_variable(
              db.QueryVariable("model").label("Model").datasource(DS)
-             .query("label_values(undertow_predictions_total, model)")
+             .query(f"label_values({models_of}, model)")
              .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC)
              .multi(True).include_all(True).all_value(".*")
              .current(dm.VariableOption(selected=True, text="All", value="$__all"))))
@@ -209,30 +212,120 @@ def overview() -> db.Dashboard:
     return d
 
 
-def model() -> db.Dashboard:
-    d = _base("undertow-model", "undertow / model",
+@dataclass(frozen=True)
+class TargetView:
+    """What the model dashboard of one target (:mod:`undertow.targets`) shows and says."""
+
+    target: str
+    uid: str
+    title: str
+    #: A gauge only this target's models export: the ``model`` variable lists those models.
+    models_of: str
+    #: The served error concept drift watches, and the score-drift detector's signal.
+    error: str
+    score: str
+    quality_row: Callable[[db.Dashboard], db.Dashboard]
+
+
+def binary_quality(d: db.Dashboard) -> db.Dashboard:
+    return (d.with_row(row("Served quality (rolling window of served predictions)"))
+            .with_panel(ts("Accuracy", "Rolling accuracy of served predictions.",
+                           [(f"max by (model) (undertow_model_accuracy_ratio{{{M}}})",
+                             "{{model}}")], unit="percentunit", w=8, lo=0, hi=1))
+            .with_panel(ts("Log-loss", "Rolling log-loss of served scores.",
+                           [(f"max by (model) (undertow_model_log_loss{{{M}}})", "{{model}}")],
+                           w=8, lo=0))
+            .with_panel(ts("ROC AUC", "Rolling ROC AUC of served scores.",
+                           [(f"max by (model) (undertow_model_roc_auc_ratio{{{M}}})",
+                             "{{model}}")], unit="percentunit", w=8, lo=0, hi=1)))
+
+
+def multiclass_quality(d: db.Dashboard) -> db.Dashboard:
+    labels = f"max by (model, class) (undertow_model_class_labels{{{M}}})"
+    decisions = f"max by (model, class) (undertow_model_class_decisions{{{M}}})"
+    return (d.with_row(row("Multi-class quality (rolling window of served predictions)"))
+            .with_panel(ts("Accuracy", "Rolling accuracy of the served decisions (the most "
+                           "probable class). The UndertowMulticlassQualityDrop alert fires when "
+                           "it falls below 90 % of its level over the last hour.",
+                           [(f"max by (model) (undertow_model_accuracy_ratio{{{M}}})",
+                             "{{model}}")], unit="percentunit", w=8, lo=0, hi=1))
+            .with_panel(ts("Macro F1", "Rolling macro F1: the F1 of each class seen in the "
+                           "window (as a label or a decision), averaged. Falls when a class is "
+                           "mistaken even if accuracy holds; alerts as accuracy does.",
+                           [(f"max by (model) (undertow_model_macro_f1_ratio{{{M}}})",
+                             "{{model}}")], unit="percentunit", w=8, lo=0, hi=1))
+            .with_panel(ts("Cross-entropy", "Rolling multi-class log-loss: minus the log of "
+                           "the probability served for the true class.",
+                           [(f"max by (model) (undertow_model_log_loss{{{M}}})", "{{model}}")],
+                           w=8, lo=0))
+            .with_panel(ts("Class labels vs decisions", "How many of the window's labels are "
+                           "each class, and how many of its decisions: a class decided far more "
+                           "or less often than it is the truth is where the model errs.",
+                           [(labels, "{{model}} {{class}} labels"),
+                            (decisions, "{{model}} {{class}} decisions")], w=12, lo=0))
+            .with_panel(bars("Decisions minus labels, by class", "Over- (positive) or "
+                             "under-prediction (negative) of each class in the window now.",
+                             f"{decisions} - {labels}", "{{model}} {{class}}", w=12)))
+
+
+def regression_quality(d: db.Dashboard) -> db.Dashboard:
+    return (d.with_row(row("Regression quality (rolling window of served predictions)"))
+            .with_panel(ts("MAE", "Rolling mean absolute error |y - ŷ|. The "
+                           "UndertowRegressionErrorRise alert fires when it exceeds 1.5 times "
+                           "its level over the last hour.",
+                           [(f"max by (model) (undertow_model_mae{{{M}}})", "{{model}}")],
+                           w=8, lo=0))
+            .with_panel(ts("RMSE", "Rolling root mean squared error: weighs the large errors.",
+                           [(f"max by (model) (undertow_model_rmse{{{M}}})", "{{model}}")],
+                           w=8, lo=0))
+            .with_panel(ts("R²", "Rolling R²: 1 - squared error / variance of the window's "
+                           "labels (0 while they do not vary; below 0: worse than their mean).",
+                           [(f"max by (model) (undertow_model_r2_ratio{{{M}}})", "{{model}}")],
+                           w=8, hi=1))
+            .with_panel(ts("Error drift", "ADWIN's mean of the served |y - ŷ| (its own adaptive "
+                           "window, cut at each detected change) beside the rolling MAE (the "
+                           "last labels of the quality window): ADWIN 'up' means the error rose "
+                           "(UndertowConceptDrift).",
+                           [(f"max by (model) (undertow_concept_drift_estimate{{{M},"
+                             'stream="error"})', "{{model}} ADWIN mean"),
+                            (f"max by (model) (undertow_model_mae{{{M}}})", "{{model}} MAE"),
+                            (f"sum by (model, direction) (increase("
+                             f"undertow_concept_drift_detections_total{{{M},detector=\"adwin\","
+                             f'stream="error"}}[{RI}]))', "{{model}} detections {{direction}}")],
+                           w=24, lo=0)))
+
+
+TARGET_VIEWS: dict[str, TargetView] = {
+    "binary": TargetView("binary", "undertow-model", "undertow / model",
+                         "undertow_model_roc_auc_ratio", "absolute error |y - P(True)|",
+                         "scores P(True)", binary_quality),
+    "multiclass": TargetView("multiclass", "undertow-model-multiclass",
+                             "undertow / model (multi-class)", "undertow_model_macro_f1_ratio",
+                             "error (0 if the decided class is the label, else 1)",
+                             "top probabilities", multiclass_quality),
+    "regression": TargetView("regression", "undertow-model-regression",
+                             "undertow / model (regression)", "undertow_model_mae",
+                             "absolute error |y - ŷ|", "predictions ŷ", regression_quality),
+}
+
+
+def model(target: str = "binary") -> db.Dashboard:
+    """The model dashboard of one target: its quality row, then what every target shares."""
+    v = TARGET_VIEWS[target]
+    d = _base(v.uid, v.title,
               "Quality of the served predictions, concept drift, label join and model state, "
-              "per model.")
-    d = (d.with_row(row("Served quality (rolling window of served predictions)"))
-         .with_panel(ts("Accuracy", "Rolling accuracy of served predictions.",
-                        [(f"max by (model) (undertow_model_accuracy_ratio{{{M}}})", "{{model}}")],
-                        unit="percentunit", w=8, lo=0, hi=1))
-         .with_panel(ts("Log-loss", "Rolling log-loss of served scores.",
-                        [(f"max by (model) (undertow_model_log_loss{{{M}}})", "{{model}}")],
-                        w=8, lo=0))
-         .with_panel(ts("ROC AUC", "Rolling ROC AUC of served scores.",
-                        [(f"max by (model) (undertow_model_roc_auc_ratio{{{M}}})", "{{model}}")],
-                        unit="percentunit", w=8, lo=0, hi=1)))
+              f"per model ({v.target} target).", models_of=v.models_of)
+    d = v.quality_row(d)
     d = (d.with_row(row("Concept drift"))
          .with_panel(ts("Drift detections", "ADWIN and Page-Hinkley detections on the served "
-                        "absolute error and on the served scores. ADWIN 'up' on the error means "
+                        f"{v.error} and on the served {v.score}. ADWIN 'up' on the error means "
                         "the model got worse (UndertowConceptDrift); 'down' happens while it "
                         "learns.",
                         [(f"sum by (model, detector, stream, direction) (increase("
                           f"undertow_concept_drift_detections_total{{{M}}}[{RI}]))",
                           "{{model}} {{detector}} {{stream}} {{direction}}")], bars=True))
-         .with_panel(ts("ADWIN estimates", "ADWIN's mean of the served absolute error and of the "
-                        "served scores.",
+         .with_panel(ts("ADWIN estimates", f"ADWIN's mean of the served {v.error} and of the "
+                        f"served {v.score}.",
                         [(f"max by (model, stream) (undertow_concept_drift_estimate{{{M}}})",
                           "{{model}} mean {{stream}}")], lo=0))
          .with_panel(bars("Detections in range", "Detections over the dashboard's time range.",
@@ -383,6 +476,8 @@ def features() -> db.Dashboard:
 DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
     "undertow-overview.json": overview,
     "undertow-model.json": model,
+    "undertow-model-multiclass.json": lambda: model("multiclass"),
+    "undertow-model-regression.json": lambda: model("regression"),
     "undertow-features.json": features,
 }
 
@@ -422,6 +517,8 @@ class Alert:
     severity: str
     summary: str
     description: str
+    #: The targets whose models the rule watches (its signal returns data for those only).
+    targets: tuple[str, ...] = ("binary", "multiclass", "regression")
 
     @property
     def expr(self) -> str:
@@ -429,6 +526,27 @@ class Alert:
 
 
 DRIFT_UP = 'undertow_concept_drift_detections_total{detector="adwin",stream="error",direction="up"}'
+#: How far back a model's own level of a quality measure is taken.
+LEVEL_RANGE = "1h"
+#: Labels a model must have learned in LEVEL_RANGE before its quality is judged (a window of a
+#: few labels is noise).
+MIN_LABELS = 100
+
+
+def relative_to_level(gauge: str) -> str:
+    """A model's ``gauge`` now over its mean in the last :data:`LEVEL_RANGE`; the samples at 0
+    (the quality window still empty: after a start or restart) are left out of the mean."""
+    return (f"max by (job, model) ({gauge}) / max by (job, model) "
+            f"(avg_over_time(({gauge} > 0)[{LEVEL_RANGE}:]))")
+
+
+def learning(labels: int = MIN_LABELS) -> str:
+    """The models that learned at least ``labels`` labels in the last LEVEL_RANGE."""
+    return (f"sum by (job, model) (increase(undertow_labels_learned_total[{LEVEL_RANGE}])) "
+            f">= {labels}")
+
+
+MULTICLASS_MODELS = "max by (job, model) (undertow_model_macro_f1_ratio)"
 
 ALERTS: list[Alert] = [
     Alert(
@@ -438,9 +556,40 @@ ALERTS: list[Alert] = [
         "0s",
         "warning",
         "Concept drift: the served error of model {{ $labels.model }} went up",
-        "ADWIN detected an increase of the served absolute error in the last 10 minutes: the "
-        "model got worse on recent labels (a 'down' detection, as while it learns, does not "
-        "alert). Check the model dashboard: rolling accuracy/AUC and feature PSI.",
+        "ADWIN detected an increase of the served error in the last 10 minutes (binary: "
+        "|y - P(True)|, multi-class: 0/1 for a wrong class, regression: |y - ŷ|): the model got "
+        "worse on recent labels (a 'down' detection, as while it learns, does not alert). Check "
+        "the model dashboard of the stream's target: its rolling quality, and feature PSI.",
+    ),
+    Alert(
+        "UndertowMulticlassQualityDrop",
+        f'label_replace({relative_to_level("undertow_model_accuracy_ratio")} and on (job, model) '
+        f'{MULTICLASS_MODELS}, "measure", "accuracy", "", "") or label_replace('
+        f'{relative_to_level("undertow_model_macro_f1_ratio")}, "measure", "macro_f1", "", "")',
+        f"({{signal}}) < 0.9 and on (job, model) {learning()}",
+        "5m",
+        "warning",
+        "Rolling {{ $labels.measure }} of {{ $labels.model }} fell below 90 % of its level",
+        "The rolling {{ $labels.measure }} of multi-class model {{ $labels.model }} is "
+        "{{ $value | humanizePercentage }} of its mean over the last hour, for 5 minutes (a "
+        "model that improves, or holds steady, never alerts; a model with fewer than "
+        f"{MIN_LABELS} labels in the hour is not judged). Check the multi-class model dashboard: "
+        "which class is decided more or less often than it is the truth.",
+        targets=("multiclass",),
+    ),
+    Alert(
+        "UndertowRegressionErrorRise",
+        relative_to_level("undertow_model_mae"),
+        f"{{signal}} > 1.5 and on (job, model) {learning()}",
+        "5m",
+        "warning",
+        "Rolling MAE of {{ $labels.model }} rose above 1.5 times its level",
+        "The rolling mean absolute error of regression model {{ $labels.model }} is "
+        "{{ $value | printf \"%.2f\" }} times its mean over the last hour, for 5 minutes (a "
+        "model whose error falls, as while it learns, or holds steady, never alerts; a model "
+        f"with fewer than {MIN_LABELS} labels in the hour is not judged). Check the regression "
+        "model dashboard: MAE, RMSE and the ADWIN mean of the error.",
+        targets=("regression",),
     ),
     Alert(
         "UndertowLatencySLO",

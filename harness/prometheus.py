@@ -114,6 +114,11 @@ def promtool_check_rules(path: str | os.PathLike[str]) -> str:
     return _promtool("check", "rules", str(path))
 
 
+def promtool_test_rules(path: str | os.PathLike[str]) -> str:
+    """``promtool test rules PATH`` (rule unit tests); its output. Raises on a failed test."""
+    return _promtool("test", "rules", str(path))
+
+
 # -- configuration --------------------------------------------------------------------------------
 def with_targets(config_text: str, targets: Sequence[str]) -> str:
     """``config_text`` with its one ``- targets: [...]`` line listing ``targets`` instead.

@@ -36,6 +36,7 @@ from harness.prometheus import (
     ensure_installed,
     promtool_check_config,
     promtool_check_rules,
+    promtool_test_rules,
     with_targets,
 )
 from harness.process import ChildProcess
@@ -44,6 +45,7 @@ from harness.workload import WorkloadConfig
 ROOT = Path(__file__).resolve().parents[1]
 PROM_CONFIG = ROOT / "dashboards" / "prometheus.yml"
 ALERTS_FILE = ROOT / "dashboards" / "alerts.yml"
+ALERTS_TEST = ROOT / "dashboards" / "alerts_test.yml"
 
 #: 60k events, drift half way (ADWIN "up" on the served error ~16 min of event time after it,
 #: four "down" detections before it); at 2500 events/s the drift comes ~12 s into the feed.
@@ -62,10 +64,21 @@ def grafana_expr(expr: str) -> str:
     return expr
 
 
-def dashboard_queries() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expr with Grafana's variables substituted)."""
+def dashboard_files(target: str | None = None) -> list[Path]:
+    """The dashboards a stream of ``target`` is watched with: the overview, the features and
+    its target's model dashboard (None: every dashboard)."""
+    paths = sorted(build.GRAFANA_DIR.glob("*.json"))
+    if target is None:
+        return paths
+    model_uids = {v.uid for v in build.TARGET_VIEWS.values()} - {build.TARGET_VIEWS[target].uid}
+    return [p for p in paths if json.loads(p.read_text())["uid"] not in model_uids]
+
+
+def dashboard_queries(target: str | None = "binary") -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr with Grafana's variables substituted) of the
+    dashboards of ``target`` (None: of every dashboard)."""
     out = []
-    for path in sorted(build.GRAFANA_DIR.glob("*.json")):
+    for path in dashboard_files(target):
         for title, expr in build.panel_queries(json.loads(path.read_text())):
             out.append((path.name, title, grafana_expr(expr)))
     return out
@@ -83,6 +96,16 @@ def test_promtool_accepts_the_shipped_config_and_rules(prometheus_bins):
     assert "SUCCESS" in out and "1 rule files found" in out, out
     out = promtool_check_rules(ALERTS_FILE)
     assert f"SUCCESS: {len(build.ALERTS)} rules found" in out, out
+
+
+def test_promtool_unit_tests_of_the_rules_pass(prometheus_bins):
+    """dashboards/alerts_test.yml: each per-target rule on synthetic series (steady, cold
+    start, restart, a real change) and the drift rule on a regression model's error."""
+    out = promtool_test_rules(ALERTS_TEST)
+    assert out.splitlines()[-1].strip() == "SUCCESS", out
+    tested = set(re.findall(r"alertname: (\w+)", ALERTS_TEST.read_text()))
+    per_target = {a.name for a in build.ALERTS if set(a.targets) != set(build.TARGET_VIEWS)}
+    assert per_target and tested >= per_target | {"UndertowConceptDrift"}, tested
 
 
 def test_committed_dashboards_and_rules_equal_the_generator_output():
@@ -112,7 +135,8 @@ def test_dashboards_are_well_formed():
         for e in exprs:
             if "undertow_model_" in e or "undertow_predictions_total" in e:
                 assert 'model=~"$model"' in e, e
-    assert titles == {"undertow / overview", "undertow / model", "undertow / features"}
+    assert titles == {"undertow / overview", "undertow / model", "undertow / features",
+                      "undertow / model (multi-class)", "undertow / model (regression)"}
 
 
 _SELECTOR = re.compile(r"\b(?:undertow|bytewax)_[a-z_]+")
@@ -182,7 +206,7 @@ def aggregation_problems(expr: str) -> list[str]:
 
 
 def test_every_query_aggregates_over_processes():
-    exprs = [e for _, _, e in dashboard_queries()]
+    exprs = [e for _, _, e in dashboard_queries(None)]
     exprs += [x for a in build.ALERTS for x in (a.signal, a.expr)]
     bad = {e: p for e in exprs if (p := aggregation_problems(e))}
     assert not bad, bad
@@ -323,6 +347,9 @@ def test_every_dashboard_query_returns_data(observed):
 def test_every_alert_signal_returns_data_and_only_drift_is_on(observed):
     prom = observed["prom"]
     for a in build.ALERTS:
+        if "binary" not in a.targets:
+            assert not prom.query(a.expr), (a.name, "on for a binary model")
+            continue
         assert prom.query(a.signal), f"{a.name}: no data for {a.signal}"
         on = prom.query(a.expr)
         if a.name == DRIFT_ALERT:
@@ -358,7 +385,7 @@ def test_dashboards_cover_every_undertow_metric_family():
     import connectors.metrics  # noqa: F401  (declares every family)
 
     families = {m.name for m in REGISTRY.collect() if m.name.startswith("undertow_")}
-    text = " ".join(e for _, _, e in dashboard_queries())
+    text = " ".join(e for _, _, e in dashboard_queries(None))
     missing = sorted(f for f in families if not re.search(rf"\b{re.escape(f)}(_total|_bucket|\b)",
                                                           text))
     assert not missing, missing
