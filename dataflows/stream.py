@@ -55,6 +55,7 @@ from operators.decode import decode_controls, decode_events, decode_labels
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
 from undertow.drift import FeatureDrift
+from undertow.ensemble import DEFAULT_STACKERS, Ensemble, resolve_components
 from undertow.errors import StreamError
 from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
@@ -109,7 +110,9 @@ def make_learner(
     replay: bool = False,
 ) -> OnlineLearner:
     """The model step's state from settings. In a ``replay``, stamps come from event time and
-    every learned label is also emitted as an :class:`~undertow.schema.Outcome`."""
+    every learned label is also emitted as an :class:`~undertow.schema.Outcome`. With the
+    stream's ``[ensemble]``, the ensemble of the served models is served and they are its
+    components, in shadow."""
     s = settings
     (champ, champ_expr), challengers = served_models(s, stream)[0], served_models(s, stream)[1:]
     promotion = None
@@ -134,6 +137,20 @@ def make_learner(
         promotion=promotion,
         emit_outcomes=replay,
     )
+    ensemble = None
+    if stream.ensemble is not None:
+        e = stream.ensemble
+        try:
+            components = resolve_components(e.name, e.models,
+                                            [champ, *(n for n, _ in challengers)])
+            ensemble = Ensemble(
+                e.name, config.target, e.method, components,  # type: ignore[arg-type]
+                weights=e.weights,
+                stacker=None if e.method != "stack" else make_model(
+                    e.stacker or DEFAULT_STACKERS[stream.labels.target], seed=s.model_seed),
+            )
+        except ValueError as ex:
+            raise ConfigError(f"{stream.path or stream.name}: {ex}") from None
     learner = OnlineLearner(
         champ,
         model,
@@ -147,6 +164,7 @@ def make_learner(
             refresh_every=settings.drift_refresh_every,
         ),
         wall_clock=None if replay else time.time,
+        ensemble=ensemble,
     )
     learner.slots[champ].labels_learned = learned
     return learner

@@ -37,6 +37,7 @@ import orjson
 
 from undertow.champions import Champions, ModelSlot, Promotion, PromotionRule
 from undertow.drift import ConceptDrift, FeatureDrift
+from undertow.ensemble import Ensemble, NoComponentScored
 from undertow.label_join import (
     EXPIRY_CAPACITY,
     EXPIRY_TTL,
@@ -207,7 +208,19 @@ class OnlineLearner:
     predictions are stored (a ``dict`` if None).
 
     :meth:`swap`, :meth:`rollback`, :meth:`promote` and :meth:`remove` are the control commands.
+
+    ``ensemble`` (:class:`~undertow.ensemble.Ensemble`) adds a slot of its own, named as the
+    ensemble, that is served (the champion; ``name`` stays the step's name): its components (some
+    of the models) are scored first, in shadow, then it combines the values they served; it
+    learns from each label on those served values. Its slot is always scored last. A swap into
+    it must be an :class:`~undertow.ensemble.Ensemble` (a checkpoint of one: its combiner and
+    stacker replace the slot's, bound to the live components); a rollback restores the
+    previous combiner. A component can be promoted over it (it is then scored in shadow) or
+    removed (it then combines the others).
     """
+
+    #: The ensemble slot's name (None: no ensemble).
+    ensemble: str | None = None
 
     def __init__(
         self,
@@ -220,6 +233,7 @@ class OnlineLearner:
         feature_drift: FeatureDrift | None = None,
         wall_clock: Callable[[], float] | None = time.time,
         pending: PendingStore | None = None,
+        ensemble: Ensemble | None = None,
     ) -> None:
         if config.ttl_clock == "wall" and wall_clock is None:
             raise ValueError("ttl_clock='wall' needs a wall_clock")
@@ -243,6 +257,8 @@ class OnlineLearner:
             name, model, version=version, challengers=challengers,
             quality_window=config.quality_window, rule=config.promotion, target=self.target,
         )
+        if ensemble is not None:
+            self._add_ensemble(ensemble)
         self.feature_drift = feature_drift if feature_drift is not None else FeatureDrift()
         self._events = 0
         self._labels = 0
@@ -367,10 +383,16 @@ class OnlineLearner:
         serve, decide, signal = target.serve, target.decide, target.signal
         kind = target.name
         champion = self.champions.champion
+        ensemble = self.ensemble
         scores: dict[str, Any] = {}
         for slot in self.champions.slots.values():
             try:
-                served = serve(slot.model, x)
+                if slot.name == ensemble:  # the last slot: combines what the others served
+                    served = slot.model.combine(scores)
+                    if served is None:
+                        raise NoComponentScored("no component scored the event")
+                else:
+                    served = serve(slot.model, x)
             except Exception as ex:  # a model that fails is named; the others still serve
                 self._model_error(ev, slot.name, "score", ex, out)
                 continue
@@ -428,11 +450,19 @@ class OnlineLearner:
         """Put ``model`` in slot ``name`` (a new name becomes a challenger); keep the old one for
         :meth:`rollback`. The version is ``version`` or the slot's next one. Pending events
         keep the scores they were served with; the new model learns from their labels."""
-        return self.champions.swap(name, model, version)
+        if name == self.ensemble and (not isinstance(model, Ensemble)
+                                      or model.target.name != self.target.name):
+            raise ValueError(f"model {name!r} is the ensemble: swap in a checkpoint of a "
+                             f"{self.target.name} ensemble, or swap its components")
+        result = self.champions.swap(name, model, version)
+        self._bind_ensemble()
+        return result
 
     def rollback(self, name: str) -> str:
         """Restore the model that the last :meth:`swap` of ``name`` replaced, as it was then."""
-        return self.champions.rollback(name)
+        result = self.champions.rollback(name)
+        self._bind_ensemble()
+        return result
 
     def promote(self, name: str, *, reason: str = "command") -> str:
         """Serve ``name`` from now on; the old champion becomes a challenger."""
@@ -443,7 +473,30 @@ class OnlineLearner:
         result = self.champions.remove(name)
         for p in self.join.pending.values():
             p.scores.pop(name, None)
+        self._bind_ensemble()
         return result
+
+    def _add_ensemble(self, ensemble: Ensemble) -> None:
+        """The ensemble's slot, served from the start (no promotion is recorded)."""
+        if ensemble.name in self.champions.slots:
+            raise ValueError(f"ensemble {ensemble.name!r} has a model's name")
+        if ensemble.target.name != self.target.name:
+            raise ValueError(f"ensemble {ensemble.name!r} combines {ensemble.target.name} "
+                             f"values; the learner's target is {self.target.name}")
+        self.champions.swap(ensemble.name, ensemble)
+        self.champions.champion = ensemble.name
+        self.ensemble = ensemble.name
+        self._bind_ensemble()
+
+    def _bind_ensemble(self) -> None:
+        """After a command: the ensemble's slot is scored last, and its combiner knows the
+        component models now in their slots (what its checkpoint holds beside it)."""
+        slots = self.champions.slots
+        slot = slots.get(self.ensemble) if self.ensemble is not None else None
+        if slot is None:  # removed: a swap of an ensemble under its name brings it back
+            return
+        slots[slot.name] = slots.pop(slot.name)
+        slot.model.bind({n: s.model for n, s in slots.items() if s is not slot})
 
     # -- learning -------------------------------------------------------------------------------
 
@@ -463,6 +516,7 @@ class OnlineLearner:
         scores = p.scores
         x = p.features
         emit = self.emit_outcomes
+        ensemble = self.ensemble
         for slot in self.champions.slots.values():
             served = scores.get(slot.name)
             if served is not None:
@@ -472,7 +526,10 @@ class OnlineLearner:
                     out.append(Outcome(slot.name, slot.version, p.event_id, p.event_ts, label.ts,
                                        y, target.true_score(served, y), target.decide(served)))
             try:
-                slot.model.learn_one(x, y)
+                if slot.name == ensemble:  # on the values the components served: no peeking
+                    slot.model.learn(scores, y)
+                else:
+                    slot.model.learn_one(x, y)
             except Exception as ex:  # the others still learn; this model missed one label
                 self._model_error(label, slot.name, "learn", ex, out)
                 continue

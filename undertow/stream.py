@@ -22,6 +22,8 @@ features (the sections of :mod:`undertow.features`)::
     [[models]]                 # the first is the champion, the others challengers
     name = "lr"
     model = "preprocessing.StandardScaler() | linear_model.LogisticRegression()"
+    [ensemble]                 # optional: the models' predictions combined into the one served
+    method = "mean"            # mean | weighted | vote | stack (see undertow.ensemble)
     # then the feature sections: [[rolling]], [[windowed]], [[passthrough]], [[onehot]]
 
 :func:`load_stream` checks all of it at once and raises :class:`~undertow.errors.StreamError`
@@ -56,14 +58,15 @@ from typing import Any
 
 import orjson
 
+from undertow.ensemble import DEFAULT_NAME, METHODS
 from undertow.errors import ModelError, SpecError, StreamError
 from undertow.features import FEATURE_SECTIONS, FeatureSpec, duration_ms, spec_from_dict
 from undertow.models import check_model
 from undertow.schema import FIELD_TYPES, TARGETS, EventSchema, FieldRule, LabelSchema
 
 #: The top-level keys of a stream file; the feature sections are :mod:`undertow.features`'.
-TOP_LEVEL = ("name", "description", "events", "labels", "models", "allowed_lateness", "idle",
-             *FEATURE_SECTIONS)
+TOP_LEVEL = ("name", "description", "events", "labels", "models", "ensemble",
+             "allowed_lateness", "idle", *FEATURE_SECTIONS)
 #: A served prediction waits this long for its label unless ``[labels] ttl`` says otherwise.
 DEFAULT_LABEL_TTL_MS = 86_400_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -87,6 +90,19 @@ class ModelDecl:
 
 
 @dataclass(frozen=True)
+class EnsembleDecl:
+    """The stream's ``[ensemble]``: its name, method, components (empty: every model), the
+    weights of ``weighted`` (one per component) and the stacker expression of ``stack`` (None:
+    the target's default, :data:`undertow.ensemble.DEFAULT_STACKERS`)."""
+
+    name: str
+    method: str
+    models: tuple[str, ...] = ()
+    weights: tuple[float, ...] | None = None
+    stacker: str | None = None
+
+
+@dataclass(frozen=True)
 class Stream:
     """A checked stream file."""
 
@@ -98,6 +114,9 @@ class Stream:
     path: str = ""
     #: How long a served prediction waits for its label (event time): ``[labels] ttl``.
     label_ttl_ms: int = DEFAULT_LABEL_TTL_MS
+    #: ``[ensemble]``: the models' served values combined into the one served (None: the first
+    #: model is served).
+    ensemble: EnsembleDecl | None = None
 
     @property
     def digest(self) -> str:
@@ -165,6 +184,7 @@ def stream_from_dict(doc: dict[str, Any], where: str = "<stream>") -> Stream:
     except SpecError as ex:
         raise fail("[labels]", str(ex)) from None
     models = _models(doc.get("models"), fail)
+    ensemble = _ensemble(doc.get("ensemble"), models, labels.target, fail)
     try:
         spec = spec_from_dict({**{k: v for k, v in doc.items()
                                   if k in (*FEATURE_SECTIONS, "allowed_lateness", "idle")},
@@ -172,7 +192,7 @@ def stream_from_dict(doc: dict[str, Any], where: str = "<stream>") -> Stream:
     except SpecError as ex:
         raise fail("", str(ex)) from None
     _check_uses(spec, events, fail)
-    return Stream(name, events, labels, models, spec, where, ttl_ms)
+    return Stream(name, events, labels, models, spec, where, ttl_ms, ensemble)
 
 
 def _table(doc: dict[str, Any], key: str, fail: Any) -> dict[str, Any]:
@@ -291,6 +311,69 @@ def _models(ms: Any, fail: Any) -> tuple[ModelDecl, ...]:
             raise fail("[[models]]", f"{mname!r}: {ex}") from None
         out.append(ModelDecl(mname, expr))
     return tuple(out)
+
+
+_ENSEMBLE_KEYS = ("name", "method", "models", "weights", "stacker")
+
+
+def _ensemble(t: Any, models: tuple[ModelDecl, ...], target: str,
+              fail: Any) -> EnsembleDecl | None:
+    if t is None:
+        return None
+    section = "[ensemble]"
+    if not isinstance(t, dict):
+        raise fail(section, "must be a table")
+    extra = sorted(set(t) - set(_ENSEMBLE_KEYS))
+    if extra:
+        raise fail(section, f"{extra[0]}: unknown key; expected one of {list(_ENSEMBLE_KEYS)}")
+    model_names = [m.name for m in models]
+    name = t.get("name", DEFAULT_NAME)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise fail(section, f"name: must be a name of letters, digits, '_', '.', '-', got "
+                            f"{name!r}")
+    if name in model_names:
+        raise fail(section, f"name: {name!r} is a [[models]] name; the ensemble needs its own")
+    method = t.get("method")
+    if method is None:
+        raise fail(section, f"method: missing: one of {list(METHODS)}")
+    if method not in METHODS:
+        raise fail(section, f"method: unknown method {method!r}; one of {list(METHODS)}")
+    if method == "vote" and target == "regression":
+        raise fail(section, "method: a regression target cannot vote; use mean, weighted or "
+                            "stack")
+    names = t.get("models", [])
+    if not isinstance(names, list) or not names and "models" in t or not all(
+            isinstance(n, str) for n in names):
+        raise fail(section, f"models: must be a list of [[models]] names, got {names!r}")
+    for n in names:
+        if n not in model_names:
+            raise fail(section, f"models: {n!r} is not a [[models]] name; one of {model_names}")
+        if names.count(n) > 1:
+            raise fail(section, f"models: {n!r} is listed twice")
+    weights = t.get("weights")
+    if method == "weighted":
+        n_models = len(names) if names else len(model_names)
+        if weights is None:
+            raise fail(section, f"weights: missing: the weighted method needs one weight per "
+                                f"model ({n_models})")
+        if (not isinstance(weights, list) or len(weights) != n_models or not all(
+                type(w) in (int, float) and 0 < w < float("inf") for w in weights)):
+            raise fail(section, f"weights: must be {n_models} numbers > 0, one per model, got "
+                                f"{weights!r}")
+        weights = tuple(float(w) for w in weights)
+    elif weights is not None:
+        raise fail(section, f"weights: only the weighted method takes weights, not {method!r}")
+    stacker = t.get("stacker")
+    if method == "stack" and stacker is not None:
+        if not isinstance(stacker, str) or not stacker.strip():
+            raise fail(section, f"stacker: must be a River expression, got {stacker!r}")
+        try:
+            check_model(stacker)
+        except ModelError as ex:
+            raise fail(section, f"stacker: {ex}") from None
+    elif stacker is not None:
+        raise fail(section, f"stacker: only the stack method takes a stacker, not {method!r}")
+    return EnsembleDecl(name, method, tuple(names), weights, stacker)
 
 
 def _check_uses(spec: FeatureSpec, events: EventSchema, fail: Any) -> None:
