@@ -144,14 +144,16 @@ def multiclass_metrics_of(outcomes: list[Outcome]) -> dict[str, Any]:
 
 
 def _class_tallies(outcomes: list[Outcome]) -> dict[Any, list[int]]:
-    """class -> [labels, decisions, correct decisions] of outcomes (no decision: not a class)."""
+    """class -> [labels, decisions, correct decisions, labels with no decision] of outcomes."""
     t: dict[Any, list[int]] = {}
     for o in outcomes:
-        t.setdefault(o.label, [0, 0, 0])[0] += 1
-        if o.predicted is not None:
-            t.setdefault(o.predicted, [0, 0, 0])[1] += 1
-            if o.predicted == o.label:
-                t[o.label][2] += 1
+        t.setdefault(o.label, [0, 0, 0, 0])[0] += 1
+        if o.predicted is None:
+            t[o.label][3] += 1
+            continue
+        t.setdefault(o.predicted, [0, 0, 0, 0])[1] += 1
+        if o.predicted == o.label:
+            t[o.label][2] += 1
     return t
 
 
@@ -164,7 +166,7 @@ def _f1(labels: int, decisions: int, correct: int) -> float:
 
 def _macro_f1(scored: list[Outcome]) -> float:
     tallies = _class_tallies(scored)
-    return math.fsum(_f1(*tallies[c]) for c in class_order(tallies)) / len(tallies)
+    return math.fsum(_f1(*tallies[c][:3]) for c in class_order(tallies)) / len(tallies)
 
 
 def confusion_of(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -185,9 +187,21 @@ def confusion_of(outcomes: list[Outcome]) -> dict[str, Any]:
 
 
 def per_class_of(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    """Per class: its labels, the decisions for it, the correct ones, and its F1."""
+    """Per class: its labels, those of them served with no decision, the decisions for it, the
+    correct ones, and its F1 as macro F1 counts it (over the decided outcomes; None for a class
+    that only ever came with no decision, which macro F1 does not count).
+
+    >>> o = lambda y, c: Outcome("m", 1, "e", 0, 0, y, 0.5, c)
+    >>> rows = per_class_of([o("a", None), o("a", "a"), o("b", "a"), o("c", None)])
+    >>> rows  # doctest: +NORMALIZE_WHITESPACE
+    [{'class': 'a', 'labels': 2, 'no_decision': 1, 'decisions': 2, 'correct': 1,
+      'f1': 0.6666666666666666},
+     {'class': 'b', 'labels': 1, 'no_decision': 0, 'decisions': 0, 'correct': 0, 'f1': 0.0},
+     {'class': 'c', 'labels': 1, 'no_decision': 1, 'decisions': 0, 'correct': 0, 'f1': None}]
+    """
     tallies = _class_tallies(outcomes)
-    return [{"class": c, "labels": t[0], "decisions": t[1], "correct": t[2], "f1": _f1(*t)}
+    return [{"class": c, "labels": t[0], "no_decision": t[3], "decisions": t[1],
+             "correct": t[2], "f1": _f1(t[0] - t[3], t[1], t[2]) if t[0] > t[3] or t[1] else None}
             for c in class_order(tallies) for t in [tallies[c]]]
 
 
@@ -498,12 +512,13 @@ def _class_tables(m: dict[str, Any]) -> str:
         for r, row in zip(cm["rows"], cm["counts"], strict=True))
     per_class = "".join(
         f"<tr><td>{e(_class_text(c['class']))}</td><td>{c['labels']}</td>"
-        f"<td>{c['decisions']}</td><td>{c['correct']}</td><td>{_fmt(c['f1'])}</td></tr>"
+        f"<td>{c['no_decision']}</td><td>{c['decisions']}</td><td>{c['correct']}</td>"
+        f"<td>{_fmt(c['f1'])}</td></tr>"
         for c in m["classes"])
     return (f"<h3>{e(_model_name(m))}</h3>"
             f"<table class='confusion'><tr><th>true ↓ decided →</th>{head}</tr>{body}</table>"
-            "<table><tr><th>class</th><th>labels</th><th>decisions</th><th>correct</th>"
-            f"<th>F1</th></tr>{per_class}</table>")
+            "<table><tr><th>class</th><th>labels</th><th>no decision</th><th>decisions</th>"
+            f"<th>correct</th><th>F1</th></tr>{per_class}</table>")
 
 
 def render_html(report: dict[str, Any], *, title: str = "undertow backtest",
