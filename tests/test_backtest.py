@@ -19,6 +19,7 @@ from harness import chromium
 from harness.workload import WorkloadConfig, generate
 from undertow.models import make_model
 from undertow.reference import run_reference
+from undertow.stream import load_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("predictions.jsonl", "deadletters.jsonl", "report.json", "report.html")
@@ -170,3 +171,126 @@ def test_cli_help_and_clear_errors(kafka, tmp_path):
     ok = cli("--events-file", str(events), "--labels-file", str(labels), "--out", out)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "fraud *" in ok.stdout and (Path(out) / "report.html").is_file()
+
+
+# -- every target: the backtest CLI on the shipped multi-class and regression streams -----------
+
+TARGET_STREAMS = {"iris": "multiclass", "approval": "regression"}
+
+
+@pytest.fixture(scope="module", params=sorted(TARGET_STREAMS))
+def target_runs(request, tmp_path_factory):
+    """A shipped stream of another target, generated (900 events), backtested twice by the CLI."""
+    name = request.param
+    d = tmp_path_factory.mktemp(f"bt-{name}")
+    gen = subprocess.run([sys.executable, "-m", "harness.generate", "--stream", name, "--events",
+                          "900", "--seed", "5", "--to", "jsonl", "--out-dir", str(d), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    runs = []
+    for i in range(2):
+        r = cli("--stream", str(ROOT / "streams" / f"{name}.toml"), "--events-file",
+                str(d / "events.jsonl"), "--labels-file", str(d / "labels.jsonl"), "--out",
+                str(d / f"run{i}"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append((r.stdout, d / f"run{i}"))
+    return name, d, runs
+
+
+def served_and_labels(d: Path, out: Path, model: str, field: str) -> list[tuple[dict, object]]:
+    """(prediction, label ``field``) of every labelled event a model served, in event-time
+    order."""
+    labels = {x["event_id"]: x for x in map(orjson.loads,
+                                            (d / "labels.jsonl").read_bytes().splitlines())}
+    preds = [p for p in map(orjson.loads, (out / "predictions.jsonl").read_bytes().splitlines())
+             if p["model"] == model and p["event_id"] in labels]
+    preds.sort(key=lambda p: (p["event_ts"], p["event_id"]))
+    return [(p, labels[p["event_id"]][field]) for p in preds]
+
+
+def test_a_backtest_of_every_target_reports_its_measures(target_runs, tmp_path):
+    from river import metrics
+
+    name, d, [(stdout, out), (stdout2, out2)] = target_runs
+    target = TARGET_STREAMS[name]
+    stream = load_stream(ROOT / "streams" / f"{name}.toml")
+    # Two runs are byte-identical, the HTML page included, and print the same closing lines.
+    assert stdout.splitlines()[:-1] == stdout2.splitlines()[:-1]
+    for f in FILES:
+        assert (out / f).read_bytes() == (out2 / f).read_bytes(), f
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == target
+    n_labels = len((d / "labels.jsonl").read_bytes().splitlines())
+    lines = stdout.splitlines()
+    assert lines[-1] == f"report: {out / 'report.html'}"
+    for m, line in zip(report["models"], lines[:-1], strict=True):
+        assert m["learned"] == m["final"]["n"] == n_labels
+        f = m["final"]
+        # The measures are River's of what was served (predictions.jsonl) against the labels.
+        pairs = served_and_labels(d, out, m["model"], stream.labels.value_field)
+        assert len(pairs) == n_labels
+        if target == "multiclass":
+            acc, f1, ce = metrics.Accuracy(), metrics.MacroF1(), metrics.CrossEntropy()
+            for p, y in pairs:
+                if p["proba"]:  # no class known yet: skipped, as River's progressive validation
+                    acc.update(y, p["predicted"])
+                    f1.update(y, p["predicted"])
+                    ce.update(y, {y: p["proba"].get(y, 0.0)})
+            assert f["accuracy"] == acc.get() > 0.8
+            assert f["macro_f1"] == pytest.approx(f1.get(), rel=1e-14)
+            assert f["log_loss"] == ce.get()
+            assert f["no_prediction"] == sum(1 for p, _ in pairs if not p["proba"]) > 0
+            # The confusion matrix counts every learned label once; its rows are the classes'.
+            cm = m["confusion"]
+            assert cm["rows"] == ["setosa", "versicolor", "virginica"]
+            assert cm["columns"] == [*cm["rows"], None]
+            assert sum(map(sum, cm["counts"])) == m["learned"]
+            assert [c["labels"] for c in m["classes"]] == [sum(r) for r in cm["counts"]]
+            assert sum(r[-1] for r in cm["counts"]) == f["no_prediction"]
+            assert line == (f"{m['model']:>12}{' *' if m['champion'] else '  '} events "
+                            f"{m['events']}  learned {m['learned']}  accuracy "
+                            f"{f['accuracy']:.4f}  macro F1 {f['macro_f1']:.4f}  drift "
+                            f"detections {len(m['drift'])}")
+        else:
+            mae, rmse, r2 = metrics.MAE(), metrics.RMSE(), metrics.R2()
+            for p, y in pairs:
+                for metric in (mae, rmse, r2):
+                    metric.update(y, p["predicted"])
+            assert (f["mae"], f["rmse"], f["r2"]) == (mae.get(), rmse.get(), r2.get())
+            assert m["sample"]["every"] == 1
+            assert [pt[1:] for pt in m["sample"]["points"]] == [[y, p["predicted"]]
+                                                                for p, y in pairs]
+            assert line == (f"{m['model']:>12}{' *' if m['champion'] else '  '} events "
+                            f"{m['events']}  learned {m['learned']}  MAE {f['mae']:.4f}  R² "
+                            f"{f['r2']:.4f}  drift detections {len(m['drift'])}")
+    # Every model of the stream file (and a served ensemble, where it has one), the champion
+    # first.
+    assert {m.name for m in stream.models} <= {m["model"] for m in report["models"]}
+    assert [m["champion"] for m in report["models"]] == [True] + [False] * (
+        len(report["models"]) - 1)
+
+    # The page renders in headless Chromium with the target's plots: rolling quality, label
+    # delay and PSI, and per model a confusion matrix (multi-class) or predictions against truth
+    # and residuals over event time (regression).
+    chromium.ensure_installed()
+    dom = chromium.dump_dom(out / "report.html")
+    per_model = 1 if target == "multiclass" else 2
+    assert dom.count("<svg") == 3 + per_model * len(report["models"])
+    champion = report["models"][0]["model"]
+    if target == "multiclass":
+        assert f"Confusion matrix: {champion} (champion)" in dom and "macro F1" in dom
+    else:
+        assert f"Predictions against truth: {champion} (champion)" in dom
+        assert f"Residuals over event time: {champion} (champion)" in dom
+    png = chromium.screenshot(out / "report.html", tmp_path / "report.png", height=4000)
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == (1200, 4000)
+        colours = dict((c, n) for n, c in im.convert("RGB").getcolors(1 << 24))
+    # A page, not a blank: many colours, a good share of the page drawn (text, tables, plots),
+    # and blues in quantity (the first model's points and lines, half transparent, and the
+    # heatmaps' cells).
+    drawn = sum(n for c, n in colours.items() if c != (255, 255, 255))
+    blues = sum(n for (r, _, b), n in colours.items() if b > 150 and b - r > 60)
+    assert len(colours) > 200 and drawn > 0.03 * 1200 * 4000 and blues > 4_000
