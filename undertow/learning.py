@@ -667,5 +667,4 @@ def _class_counts(quality: Any) -> dict[Any, tuple[int, int]]:
     if labels is None:
         return {}
     decisions = quality.decision_counts
-    return {c: (labels.get(c, 0), decisions.get(c, 0))
-            for c in sorted(labels.keys() | decisions.keys(), key=str)}
+    return {c: (labels.get(c, 0), decisions.get(c, 0)) for c in sorted(quality.seen, key=str)}

@@ -107,7 +107,7 @@ class MulticlassQuality:
     """
 
     __slots__ = ("window", "_items", "_correct", "_loss", "_since_exact", "_tp", "label_counts",
-                 "decision_counts")
+                 "decision_counts", "seen")
 
     def __init__(self, window: int) -> None:
         if window <= 0:
@@ -121,6 +121,8 @@ class MulticlassQuality:
         #: class -> how many labels / decisions of the window are that class.
         self.label_counts: dict[Any, int] = {}
         self.decision_counts: dict[Any, int] = {}
+        #: every class seen, as a label or a decision (its counts drop to 0, not away).
+        self.seen: set[Any] = set()
 
     def observe(self, y: Any, served: dict[Any, float]) -> None:
         decided = max(served, key=served.get) if served else None  # type: ignore[arg-type]
@@ -142,6 +144,7 @@ class MulticlassQuality:
         for counts, c in ((self.label_counts, y), (self.decision_counts, decided)):
             if c is None:
                 continue
+            self.seen.add(c)
             n = counts.get(c, 0) + sign
             if n:
                 counts[c] = n
