@@ -65,7 +65,8 @@ def test_backtest_then_bulk_scoring_with_no_python(shipped, tmp_path):
          "--out", str(tmp_path / "bt")],
         {"UNDERTOW_MODEL_DIR": str(models), "UNDERTOW_CHECKPOINT_EVERY_LABELS": "500"})
     report = json.loads((tmp_path / "bt" / "report.json").read_text())
-    assert [m["model"] for m in report["models"]] == [m.name for m in stream.models]
+    assert [m["model"] for m in report["models"]] == ([m.name for m in stream.models] if not
+        stream.ensemble else [stream.ensemble.name, *sorted(m.name for m in stream.models)])
     preds = read_jsonl(tmp_path / "bt" / "predictions.jsonl")
     champion = stream.models[0]
     kind = stream.labels.target
@@ -143,7 +144,7 @@ def test_a_bounded_live_run_serves_every_event_once(shipped, kafka, topics, tmp_
     preds = read_jsonl(out)
     ids = [p["event_id"] for p in preds]
     assert sorted(ids) == sorted(e["event_id"] for e in read_jsonl(d / "events.jsonl"))
-    assert {p["model"] for p in preds} == {stream.models[0].name}
+    assert {p["model"] for p in preds} == {(stream.ensemble or stream.models[0]).name}
     assert all(p["served"] is True for p in preds)
     kind = stream.labels.target
     if kind == "binary":
@@ -157,5 +158,6 @@ def test_a_bounded_live_run_serves_every_event_once(shipped, kafka, topics, tmp_
     # The bounded run ends with its summary (one process: its counts are the whole run's).
     summary = r.stderr.replace(",", "")
     assert "undertow: end of input; summary of process 0 of 1" in summary
-    assert f"predictions            {N_EVENTS} by {stream.models[0].name} (champion)" in summary
+    assert (f"predictions            {N_EVENTS} by {(stream.ensemble or stream.models[0]).name}"
+            " (champion)") in summary
     assert "dead letters           0\n" in summary

@@ -358,8 +358,8 @@ def _ensemble(t: Any, models: tuple[ModelDecl, ...], target: str,
                                 f"model ({n_models})")
         if (not isinstance(weights, list) or len(weights) != n_models or not all(
                 type(w) in (int, float) and 0 < w < float("inf") for w in weights)):
-            raise fail(section, f"weights: must be {n_models} numbers > 0, one per model, got "
-                                f"{weights!r}")
+            raise fail(section, f"weights: must be one number > 0 per model ({n_models}), "
+                                f"got {weights!r}")
         weights = tuple(float(w) for w in weights)
     elif weights is not None:
         raise fail(section, f"weights: only the weighted method takes weights, not {method!r}")
