@@ -55,7 +55,7 @@ from operators.decode import decode_controls, decode_events, decode_labels
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
 from undertow.drift import FeatureDrift
-from undertow.ensemble import DEFAULT_STACKERS, Ensemble, resolve_components
+from undertow.ensemble import from_stream
 from undertow.errors import StreamError
 from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
@@ -139,16 +139,9 @@ def make_learner(
     )
     ensemble = None
     if stream.ensemble is not None:
-        e = stream.ensemble
         try:
-            components = resolve_components(e.name, e.models,
-                                            [champ, *(n for n, _ in challengers)])
-            ensemble = Ensemble(
-                e.name, config.target, e.method, components,  # type: ignore[arg-type]
-                weights=e.weights,
-                stacker=None if e.method != "stack" else make_model(
-                    e.stacker or DEFAULT_STACKERS[stream.labels.target], seed=s.model_seed),
-            )
+            ensemble = from_stream(stream.ensemble, config.target,  # type: ignore[arg-type]
+                                   [champ, *(n for n, _ in challengers)], seed=s.model_seed)
         except ValueError as ex:
             raise ConfigError(f"{stream.path or stream.name}: {ex}") from None
     learner = OnlineLearner(

@@ -26,7 +26,7 @@ from connectors.checkpoint import Checkpointer, CheckpointPolicy, ModelStore
 from connectors.settings import ConfigError, load_settings
 from dataflows.score import score_batch_fn
 from dataflows.stream import make_learner, shipped
-from undertow.ensemble import DEFAULT_STACKERS, Ensemble, resolve_components
+from undertow.ensemble import DEFAULT_STACKERS, Ensemble, from_stream, resolve_components
 from undertow.errors import StreamError
 from undertow.learning import LearnerConfig, OnlineLearner
 from undertow.models import make_model
@@ -559,11 +559,15 @@ def test_make_learner_with_settings_that_replace_the_models():
                                           r"model's name$"):
         make_learner(load_settings({}, challengers="ensemble=nb"),
                      stream_from_dict(with_ensemble({"method": "mean"}), "p.toml"))
-    with pytest.raises(ConfigError, match=r"^p.toml: weights must be one number > 0 per "
-                                          r"component \(3\), got \[1.0, 2.0\]$"):
+    with pytest.raises(ConfigError, match=r"^p.toml: \[ensemble\] weights: 2 weights for 3 "
+                                          r"models served \(a, b, c\)$"):
         make_learner(load_settings({}, challengers="b=nb,c=nb"), stream_from_dict(
             with_ensemble({"method": "weighted", "weights": [1, 2]}), "p.toml"))
     assert resolve_components("e", (), ["a", "b"]) == ("a", "b")
+    # The same checks, without building a learner (a start-up check can call it).
+    with pytest.raises(ValueError, match=r"^\[ensemble\] models: 'b' is not among"):
+        from_stream(s.ensemble, Binary(), ["a", "c"])
+    assert from_stream(s.ensemble, Binary(), ["a", "b"]).weights == {"a": 1.0, "b": 2.0}
 
 
 # -- through the command line --------------------------------------------------------------------

@@ -48,6 +48,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from undertow.models import make_model
 from undertow.targets import Target
 
 #: The ways to combine the components' served values.
@@ -238,3 +239,18 @@ def resolve_components(name: str, declared: Sequence[str], served: Sequence[str]
             raise ValueError(f"[ensemble] models: {n!r} is not among the models served "
                              f"({', '.join(served)})")
     return components
+
+
+def from_stream(decl: Any, target: Target, served: Sequence[str], *, seed: int = 42) -> Ensemble:
+    """The ensemble a stream file's ``[ensemble]`` (:class:`~undertow.stream.EnsembleDecl`)
+    declares, over the ``served`` models (the stream's, or those settings put in their place).
+    Raises ValueError naming the key at fault: a start-up check as well as the builder."""
+    components = resolve_components(decl.name, decl.models, served)
+    if decl.weights is not None and len(decl.weights) != len(components):
+        raise ValueError(f"[ensemble] weights: {len(decl.weights)} weights for "
+                         f"{len(components)} models served ({', '.join(components)})")
+    stacker = None
+    if decl.method == "stack":
+        stacker = make_model(decl.stacker or DEFAULT_STACKERS[target.name], seed=seed)
+    return Ensemble(decl.name, target, decl.method, components, weights=decl.weights,
+                    stacker=stacker)
