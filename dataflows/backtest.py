@@ -29,6 +29,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,9 @@ from connectors.files import ListSink, dead_letter_json
 from connectors.replay import EVENT, LABEL, FileInput, KafkaInput, ReplaySource
 from connectors.settings import ConfigError, load_settings, parse_challengers
 from dataflows.stream import STREAMS, Outputs, ReplayInputs, build_flow, served_models, stream_of
-from undertow.stream import Stream
 from undertow.report import build_report, render_html
 from undertow.schema import DeadLetter, ModelSummary, Outcome, Prediction
+from undertow.stream import ModelDecl, Stream
 
 
 def parse_time(text: str, what: str) -> int:
@@ -85,10 +86,10 @@ def run_backtest(
         raise ConfigError("--model: at least one NAME=MODEL is needed")
     if models is None:
         models = served_models(base, stream)
-    (champ_name, champ_kind), rest = models[0], models[1:]
-    challengers = ",".join(f"{n}={k}" for n, k in rest)
-    settings = load_settings(env, model_name=champ_name, model=champ_kind,
-                             challengers=challengers, tail=False)
+    # The models run are the stream's, replaced whole by --model (an [ensemble] must name
+    # models among them); the settings' own model overrides have been applied above.
+    stream = replace(stream, models=tuple(ModelDecl(n, m) for n, m in models))
+    settings = load_settings(env, model_name="", model="", challengers="", tail=False)
     preds: list[Prediction] = []
     dead: list[DeadLetter] = []
     outcomes: list[Outcome] = []

@@ -55,7 +55,7 @@ from operators.decode import decode_controls, decode_events, decode_labels
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
 from undertow.drift import FeatureDrift
-from undertow.ensemble import from_stream
+from undertow.ensemble import Ensemble, from_stream
 from undertow.errors import StreamError
 from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
@@ -137,13 +137,7 @@ def make_learner(
         promotion=promotion,
         emit_outcomes=replay,
     )
-    ensemble = None
-    if stream.ensemble is not None:
-        try:
-            ensemble = from_stream(stream.ensemble, config.target,  # type: ignore[arg-type]
-                                   [champ, *(n for n, _ in challengers)], seed=s.model_seed)
-        except ValueError as ex:
-            raise ConfigError(f"{stream.path or stream.name}: {ex}") from None
+    ensemble = ensemble_of(s, stream)
     learner = OnlineLearner(
         champ,
         model,
@@ -163,6 +157,18 @@ def make_learner(
     return learner
 
 
+def ensemble_of(s: Settings, stream: StreamFile) -> Ensemble | None:
+    """The stream's ``[ensemble]`` over the models served (the stream's or the settings'), or
+    None; a ConfigError naming the file and the key if it does not fit them."""
+    if stream.ensemble is None:
+        return None
+    try:
+        return from_stream(stream.ensemble, target_of(s, stream),
+                           [n for n, _ in served_models(s, stream)], seed=s.model_seed)
+    except ValueError as ex:
+        raise ConfigError(f"{stream.path or stream.name}: {ex}") from None
+
+
 def target_of(s: Settings, stream: StreamFile) -> Target:
     """The stream's target, with the decision threshold of ``UNDERTOW_THRESHOLD``."""
     return target(stream.labels.target, threshold=s.threshold, classes=stream.labels.classes)
@@ -178,6 +184,7 @@ def check_model_settings(s: Settings, stream: StreamFile) -> None:
         raise ConfigError("UNDERTOW_MODEL_DIR: must be set to write checkpoints "
                           "(UNDERTOW_CHECKPOINT_EVERY_LABELS / _EVERY_S)")
     served_models(s, stream)
+    ensemble_of(s, stream)
     measures = target_of(s, stream).metrics
     if s.promotion_metric and s.promotion_metric not in measures:
         raise ConfigError(f"UNDERTOW_PROMOTION_METRIC: {s.promotion_metric!r} is not a measure "

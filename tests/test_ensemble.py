@@ -533,7 +533,7 @@ def test_each_ensemble_mistake_is_one_line(ens, labels, message):
 def test_the_shipped_streams_serve_an_ensemble():
     iris, approval = load_stream(ROOT / "streams" / "iris.toml"), shipped("approval")
     assert iris.ensemble == EnsembleDecl("ensemble", "mean")
-    assert approval.ensemble == EnsembleDecl("ensemble", "stack")
+    assert approval.ensemble == EnsembleDecl("ensemble", "mean")
     lr = make_learner(load_settings({}), iris)
     assert (lr.name, lr.champion, list(lr.slots)) == ("tree", "ensemble",
                                                       ["tree", "softmax", "ensemble"])
@@ -541,6 +541,10 @@ def test_the_shipped_streams_serve_an_ensemble():
     assert (ens.method, ens.components, ens.target.name) == ("mean", ("tree", "softmax"),
                                                              "multiclass")
     ens = make_learner(load_settings({}), approval).slots["ensemble"].model
+    assert (ens.method, ens.components, ens.target.name) == ("mean", ("linear", "tree"),
+                                                             "regression")
+    stacked = stream_from_dict(with_ensemble({"method": "stack"}, target="regression"), "p.toml")
+    ens = make_learner(load_settings({}), stacked).slots["ensemble"].model
     assert (ens.method, type(ens.stacker).__name__) == ("stack", "Pipeline")
     assert str(ens.stacker) == str(make_model(DEFAULT_STACKERS["regression"]))
 
@@ -614,15 +618,15 @@ def test_a_backtest_serves_the_ensemble_and_the_components_in_shadow(name, gener
     by: dict[str, dict] = {}
     for p in preds:
         by.setdefault(p["event_id"], {})[p["model"]] = p
-    if stream.ensemble.method == "mean":  # iris: the mean of the two, exactly (JSON round trips)
-        for e, ps in by.items():
+    assert stream.ensemble.method == "mean"  # the mean of the two, exactly (JSON round trips)
+    for e, ps in by.items():
+        if name == "iris":
             a, b = (ps[c]["proba"] for c in components)
             want = {c: (a.get(c, 0.0) + b.get(c, 0.0)) / 2 for c in dict.fromkeys([*a, *b])}
             assert ps["ensemble"]["proba"] == want, e
-    else:  # approval: a stacker, learning as the ensemble's labels_learned counts
-        ens = [p for p in preds if p["model"] == "ensemble"]
-        assert all(type(p["predicted"]) is float for p in ens)
-        assert ens[-1]["labels_learned"] > 500
+        else:
+            a, b = (ps[c]["predicted"] for c in components)
+            assert ps["ensemble"]["predicted"] == (a + b) / 2, e
     # Checkpointed like a model, next to its components.
     ckpt = sorted((tmp_path / "models" / "ensemble").iterdir())[-1]
     assert json.loads((ckpt / "meta.json").read_text())["model_class"] == (

@@ -175,12 +175,14 @@ class MulticlassQuality:
         classes = self.label_counts.keys() | self.decision_counts.keys()
         if not classes:
             return 0.0
-        total = 0.0
+        f1 = []
         for c in classes:
             tp = self._tp.get(c, 0)
             denom = self.label_counts.get(c, 0) + self.decision_counts.get(c, 0)
-            total += 2 * tp / denom if denom else 0.0
-        return total / len(classes)
+            f1.append(2 * tp / denom if denom else 0.0)
+        # fsum: exactly rounded whatever the set's order (which varies with the hash seed), so
+        # a replay's report is the same bytes in every process.
+        return math.fsum(f1) / len(classes)
 
     def values(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "log_loss": self.log_loss}
