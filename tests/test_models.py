@@ -310,3 +310,19 @@ def test_fraud_flow_with_a_challenger_serves_the_champion_and_exports_per_model_
         assert sample("undertow_model_log_loss", model=m) == s.quality["log_loss"]
         assert sample("undertow_model_champion", model=m) == (1.0 if m == "cc_champ" else 0.0)
     assert by_model["cc_champ"].quality != by_model["cc_tree"].quality
+
+
+@pytest.mark.parametrize(("threshold", "decided"), [(0.5, False), (0.4, True)])
+def test_the_cold_start_decides_nothing_positive_at_the_default_threshold(threshold, decided):
+    """A fresh binary model scores exactly 0.5: strictly above the threshold decides, so a cold
+    start at 0.5 flags no event (``>=`` would flag every one)."""
+    from undertow.schema import Event, FeaturedEvent
+
+    learner = OnlineLearner(
+        "m", preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+        LearnerConfig(label_ttl_ms=10_000, early_label_ttl_ms=0, threshold=threshold),
+        wall_clock=None)
+    out: list = []
+    for i in range(3):
+        learner.on_event(FeaturedEvent(Event(f"e{i}", "k", i, {}), {"x": float(i)}), out)
+    assert [(p.score, p.predicted) for p in out] == [(0.5, decided)] * 3
