@@ -339,7 +339,7 @@ def serve_and_learn(
     >>> op.output("out", out.predictions, TestingSink(preds))
     >>> run_main(flow)
     >>> [(p.event_id, p.score, p.predicted, p.model) for p in preds]
-    [('e1', 0.5, True, 'm')]
+    [('e1', 0.5, False, 'm')]
     """
     name = model_name
     metrics.declare_reasons(step_id)  # control dead letters name the step

@@ -396,9 +396,12 @@ class OnlineLearner:
             except Exception as ex:  # a model that fails is named; the others still serve
                 self._model_error(ev, slot.name, "score", ex, out)
                 continue
-            scores[slot.name] = served
             slot.predictions += 1
-            predicted = decide(served)
+            if served is None:  # a cold regressor that predicts nothing yet (River's None)
+                predicted = None
+            else:
+                scores[slot.name] = served
+                predicted = decide(served)
             out.append(
                 Prediction(
                     ev.event_id,
@@ -415,7 +418,8 @@ class OnlineLearner:
                     served if kind == "multiclass" else None,
                 )
             )
-            slot.score_drift.update(signal(served), ev.ts)
+            if served is not None:
+                slot.score_drift.update(signal(served), ev.ts)
         self._event_lags_s.append(now - ev.ts / 1000.0)
         self.feature_drift.update(x)
         join.serve(ev.event_id, ev.key, x, scores, ev.ts, due)

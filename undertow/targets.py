@@ -16,8 +16,10 @@ Three targets, chosen by ``target`` in the stream file's ``[labels]``:
     ``max(proba, key=proba.get)``; no decision, ``None``, before the model knows a class). The
     error is 0/1.
 ``regression``
-    The label is a number; the served value is ``predict_one``, written as ``"predicted"``. The
-    error is ``|y - predicted|``.
+    The label is a number; the served value is ``predict_one``, written as ``"predicted"``
+    (``null`` from a model that predicts nothing before it has learned, such as
+    ``forest.AMFRegressor``: then, as in River's progressive validation, it is not measured and,
+    in an ensemble, not combined). The error is ``|y - predicted|``.
 
 >>> t = target("multiclass")
 >>> t.decide({"a": 0.2, "b": 0.7, "c": 0.1}), t.error({"a": 0.2, "b": 0.7}, "a")
@@ -156,8 +158,9 @@ class Regression(Target):
     metrics = ("mae", "rmse", "r2")
     lower_is_better = frozenset({"mae", "rmse"})
 
-    def serve(self, model: Any, x: dict[str, Any]) -> float:
-        return float(model.predict_one(x))
+    def serve(self, model: Any, x: dict[str, Any]) -> float | None:
+        y = model.predict_one(x)  # None: a model that predicts nothing before it has learned
+        return None if y is None else float(y)
 
     def decide(self, served: float) -> float:
         return served
