@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -312,6 +312,19 @@ class PrometheusServer:
         if data["resultType"] in ("scalar", "string"):
             return [{"metric": {}, "value": data["result"]}]
         return data["result"]
+
+    def wait_for(self, expr: str, ok: Callable[[list[dict[str, Any]]], bool], timeout: float,
+                 what: str) -> list[dict[str, Any]]:
+        """Query ``expr`` every 0.5 s until ``ok(result)``; its result, or an AssertionError
+        naming ``what`` after ``timeout`` seconds (for tests)."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = self.query(expr)
+            if ok(last):
+                return last
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}: {expr} = {last}")
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         """Range query; a list of ``{"metric": {...}, "values": [[t, "v"], ...]}``."""

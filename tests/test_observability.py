@@ -234,17 +234,6 @@ def _stop(proc: ChildProcess | None) -> None:
         proc.stop(20)  # its own session: the dataflow and nothing else
 
 
-def _wait_for(prom: PrometheusServer, expr: str, ok, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = prom.query(expr)
-        if ok(last):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {expr} = {last}")
-
-
 @pytest.fixture(scope="module")
 def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
     """The live dataflow scraped by a real Prometheus through a workload with a drift."""
@@ -273,7 +262,7 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
     try:
         flow = start_dataflow("dataflows.fraud:flow", env=env, log_path=log.name)
         prom.start()
-        _wait_for(prom, 'up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
+        prom.wait_for('up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
                   lambda r: len(r) == 1, 60, "the dataflow to be scraped")
         t_start = time.time()
         sink = KafkaSink(kafka.bootstrap_servers, names["events"], names["labels"], 60.0)
@@ -286,7 +275,7 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
         assert sink.close() == 0, sink.first_error
         del sink
         t_fed = time.time()
-        _wait_for(prom, "sum(undertow_predictions_total)",
+        prom.wait_for("sum(undertow_predictions_total)",
                   lambda r: r and float(r[0]["value"][1]) == WORKLOAD.n_events, 60,
                   "every event to be predicted and scraped")
         time.sleep(3.0)  # a few more scrapes and rule evaluations on the final state

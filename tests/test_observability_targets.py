@@ -81,17 +81,6 @@ def prometheus_bins() -> tuple[str, str]:
     return ensure_installed()
 
 
-def _wait_for(prom: PrometheusServer, expr: str, ok, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = prom.query(expr)
-        if ok(last):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {expr} = {last}")
-
-
 def _total(r: list[dict[str, Any]]) -> float | None:
     return float(r[0]["value"][1]) if r else None
 
@@ -133,7 +122,7 @@ def live(request, kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, A
     try:
         flow = start_dataflow("dataflows.stream:flow", env=env, log_path=log.name)
         prom.start()
-        _wait_for(prom, 'up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
+        prom.wait_for('up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
                   lambda r: len(r) == 1, 60, "the dataflow to be scraped")
         t_start = time.time()
         sink = KafkaSink(kafka.bootstrap_servers, names["events"], names["labels"], 60.0)
@@ -145,10 +134,10 @@ def live(request, kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, A
         clock = max(ev["ts"] for ev in events)
         learned = [lb for lb in sorted(labels, key=lambda lb: lb["ts"]) if lb["ts"] <= clock]
         n_models = len(run.models)
-        _wait_for(prom, "sum(undertow_labels_learned_total)",
+        prom.wait_for("sum(undertow_labels_learned_total)",
                   lambda r: _total(r) == len(learned) * n_models, 60,
                   "every due label to be learned and scraped")
-        _wait_for(prom, "sum(undertow_predictions_total)",
+        prom.wait_for("sum(undertow_predictions_total)",
                   lambda r: _total(r) == len(events) * n_models, 30, "every event scored")
         time.sleep(3.0)  # a few more scrapes and rule evaluations on the final state
         assert flow.running, "the live dataflow exited"
