@@ -233,6 +233,34 @@ def _top_level_split(spec: str) -> list[str]:
     return parts
 
 
+#: ``UNDERTOW_*`` variables that are not settings of a dataflow but are the project's all the same
+#: (Grafana's provisioning reads the dashboards folder from it).
+OTHER_VARIABLES = frozenset({f"{PREFIX}DASHBOARDS_DIR"})
+
+
+def _check_names(env: dict[str, str]) -> None:
+    """A misspelt ``UNDERTOW_`` variable stops start-up, naming the nearest valid one: a setting
+    that silently does nothing is worse than an error.
+
+    >>> _check_names({"UNDERTOW_MODLE": "hat"})
+    Traceback (most recent call last):
+    ...
+    undertow.errors.ConfigError: UNDERTOW_MODLE: not a setting; did you mean UNDERTOW_MODEL?
+    """
+    import difflib
+
+    known = {f"{PREFIX}{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    for name in sorted(env):
+        if (not name.startswith(PREFIX) or name in known
+                or (name.startswith(KAFKA_OPT_PREFIX) and len(name) > len(KAFKA_OPT_PREFIX))):
+            continue
+        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else (
+            f"the settings are listed in docs/settings.md ({PREFIX}KAFKA_OPT_<NAME> passes "
+            "librdkafka options)")
+        raise ConfigError(f"{name}: not a setting; {hint}")
+
+
 def _kafka_opts_from_env(environ: dict[str, str]) -> dict[str, str]:
     opts: dict[str, str] = {}
     for name, value in environ.items():
@@ -252,6 +280,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     undertow.errors.ConfigError: UNDERTOW_LABEL_TTL_S: Input should be greater than 0 (got '-1')
     """
     env = dict(os.environ if environ is None else environ)
+    _check_names(env)
     values: dict[str, object] = {}
     for name in Settings.model_fields:
         var = f"{PREFIX}{name.upper()}"

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from connectors.checkpoint import CheckpointError, load_checkpoint
 from connectors.files import JsonlSink, JsonlSource, dead_letter_json
 from connectors.kafka import kafka_source
+from connectors.replay import check_jsonl
 from connectors.settings import ConfigError, Settings, load_settings
 from dataflows.stream import STREAMS, check_checkpoint_stream, featurize, stream_of, target_of
 from operators.decode import decode_events
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         except CheckpointError as ex:
             raise ConfigError(f"--checkpoint: {ex}") from None
         if a.input:
+            check_jsonl(a.input)  # a file that is not JSON Lines is an error, not "scored 0"
             source: Any = JsonlSource(a.input, name="events")
         else:
             topic_partitions(settings, a.topic)

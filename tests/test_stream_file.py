@@ -345,3 +345,21 @@ def test_a_promotion_metric_of_another_target_stops_start_up():
                                           "mae, rmse, r2$"):
         build_flow(load_settings({}, promotion_metric="roc_auc"), shipped("approval"),
                    sources={"events": [], "labels": []})
+
+
+def test_a_misspelt_setting_and_a_file_that_is_not_json_lines_are_one_line(tmp_path):
+    r = run(["-m", "bytewax.run", "dataflows.fraud:flow"], {"UNDERTOW_MODLE": "hat"})
+    assert (r.returncode, r.stderr.strip()) == (
+        2, "undertow: bad setting: UNDERTOW_MODLE: not a setting; did you mean UNDERTOW_MODEL?")
+    from connectors.checkpoint import ModelStore
+
+    fraud = load_stream(ROOT / "streams" / "fraud.toml")
+    ckpt = ModelStore(tmp_path / "models").write("fraud", make_model("logreg"), version=1,
+                                                 labels_learned=0, feature_spec="fraud",
+                                                 stream_digest=fraud.digest)
+    text = write(tmp_path, "event_id,card_id\ne1,c1\n", "events.csv")
+    r = run(["-m", "dataflows.score", "--stream", "streams/fraud.toml", "--checkpoint",
+             str(ckpt), "--input", str(text), "--output", str(tmp_path / "o.jsonl")])
+    assert (r.returncode, r.stderr.strip()) == (
+        2, f"undertow score: {text}: line 1 is not a JSON object: this is not a JSON Lines file "
+           "of records")
