@@ -142,7 +142,8 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
     def list_parts(self) -> list[str]:
         config = {"bootstrap.servers": ",".join(self._brokers)}
         config.update(
-            {k: v for k, v in self._add_config.items() if k not in _CONSUMER_DEFAULTS}
+            {k: v for k, v in self._add_config.items()
+             if k not in _CONSUMER_DEFAULTS and k not in _FETCH_KEYS}
         )
         # List all topics: a metadata request naming a topic can create it.
         md = AdminClient(config).list_topics(timeout=30)
@@ -173,14 +174,54 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
         return _RecordPartition(step_id, config, topic, int(idx), offset, self._batch_size)
 
 
+#: librdkafka's defaults of the fetch limits (CONFIGURATION.md).
+_FETCH_MESSAGE_MAX_BYTES = 1_048_576
+_FETCH_MAX_BYTES = 52_428_800
+_RECEIVE_MESSAGE_MAX_BYTES = 100_000_000
+_FETCH_KEYS = ("fetch.message.max.bytes", "max.partition.fetch.bytes", "fetch.max.bytes")
+#: Room for a record batch's own header and a record's key and headers beside its value.
+_BATCH_OVERHEAD = 65_536
+
+
+def fetch_limits(max_record_bytes: int) -> dict[str, str]:
+    """librdkafka's fetch limits for records up to ``max_record_bytes``.
+
+    ``fetch.message.max.bytes`` (alias ``max.partition.fetch.bytes``) is what one partition's
+    fetch asks for: at least a record of the limit plus its batch's overhead, so a record under
+    the limit is one fetch. It is not a cap: a record batch larger than it is still returned
+    whole (KIP-74 on Kafka >= 0.10.1 and Tansu, and librdkafka grows its request on older
+    brokers until it fits), so a record over the limit is fetched and made a ``too_large`` dead
+    letter by the decode step rather than blocking its partition. ``fetch.max.bytes`` (per fetch
+    request, all partitions) must be at least as large, and ``receive.message.max.bytes`` must
+    exceed it by 512 (librdkafka checks both at start-up); neither is lowered below its default.
+
+    >>> fetch_limits(1_000_000)["fetch.message.max.bytes"]
+    '1065536'
+    >>> fetch_limits(200_000_000)["receive.message.max.bytes"]
+    '200066048'
+    """
+    per_partition = max_record_bytes + _BATCH_OVERHEAD
+    per_fetch = max(_FETCH_MAX_BYTES, per_partition)
+    return {
+        "fetch.message.max.bytes": str(max(_FETCH_MESSAGE_MAX_BYTES, per_partition)),
+        "fetch.max.bytes": str(per_fetch),
+        "receive.message.max.bytes": str(max(_RECEIVE_MESSAGE_MAX_BYTES, per_fetch + 512)),
+    }
+
+
 def kafka_source(settings: Settings, topic: str) -> KafkaRecordSource:
-    """A bounded (``tail=False``) or live source over every partition of ``topic``."""
+    """A bounded (``tail=False``) or live source over every partition of ``topic``, with
+    librdkafka's fetch limits set for ``UNDERTOW_MAX_RECORD_BYTES`` (:func:`fetch_limits`;
+    options given in ``UNDERTOW_KAFKA_OPT_*`` win)."""
+    opts = settings.librdkafka()
+    if "max.partition.fetch.bytes" in opts:  # librdkafka's alias: one of the two, not both
+        opts.setdefault("fetch.message.max.bytes", opts.pop("max.partition.fetch.bytes"))
     return KafkaRecordSource(
         settings.brokers,
         [topic],
         tail=settings.tail,
         starting_offset=OFFSET_BEGINNING if settings.start_from == "earliest" else OFFSET_END,
-        add_config={**_CONSUMER_DEFAULTS, **settings.librdkafka()},
+        add_config={**_CONSUMER_DEFAULTS, **fetch_limits(settings.max_record_bytes), **opts},
         batch_size=settings.source_batch_size,
         setting=next(
             (f"UNDERTOW_{name.upper()}"
@@ -206,7 +247,54 @@ def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> in
     return len(t.partitions)
 
 
+#: librdkafka's default ``message.max.bytes`` (the producer's limit on one record).
+_MESSAGE_MAX_BYTES = 1_000_000
+#: What librdkafka counts beside key, value and headers in a record's size, with room to spare.
+_RECORD_OVERHEAD = 512
+#: The header of a dead letter written with its value cut: the original value's length.
+TRUNCATED_HEADER = "undertow.error.truncated"
+KEY_TRUNCATED_HEADER = "undertow.error.key_truncated"
+
+#: ``shrink(encoded, limit)``: the record cut to at most ``limit`` bytes, or None if it cannot be.
+Shrink = Callable[[Encoded, int], "Encoded | None"]
+
+
+def truncate_dead_letter(enc: Encoded, limit: int) -> Encoded | None:
+    """A dead letter cut to fit ``limit`` bytes: its value's first bytes (and its key's, if the
+    key alone is over a quarter of the limit), with headers giving the original lengths; None
+    if nothing is left to cut.
+
+    >>> key, value, headers = truncate_dead_letter((b"k", b"x" * 5000, []), 2000)
+    >>> key, len(value), headers
+    (b'k', 1459, [('undertow.error.truncated', b'5000')])
+    """
+    key, value, headers = enc
+    hdrs = list(headers or [])
+    names = {h for h, _ in hdrs}
+    if key is not None and len(key) > limit // 4:
+        if KEY_TRUNCATED_HEADER not in names:
+            hdrs.append((KEY_TRUNCATED_HEADER, str(len(key)).encode()))
+        key = key[: limit // 4]
+    if TRUNCATED_HEADER not in names:
+        hdrs.append((TRUNCATED_HEADER, str(len(value or b"")).encode()))
+    room = limit - _RECORD_OVERHEAD - len(key or b"") - sum(len(h) + len(v) for h, v in hdrs)
+    cut = (value or b"")[: max(0, room)]
+    if len(cut) == len(value or b"") and key == enc[0]:
+        return None  # nothing was cut: the headers alone are over the limit
+    return key, cut, hdrs
+
+
+def _too_large(ex: KafkaException) -> bool:
+    err = ex.args[0] if ex.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
 class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
+    """One worker's producer. A record over the producer's ``message.max.bytes`` (refused by
+    ``produce``) or the broker's limit (refused in its delivery report) never fails the batch:
+    ``shrink`` cuts it to fit (dead letters) or, without one, it is dropped; both are counted in
+    ``undertow_sink_oversized_total{step,action}``. Any other delivery error fails the batch."""
+
     def __init__(
         self,
         producer: Producer,
@@ -214,35 +302,77 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         encode: Callable[[X], Encoded],
         after_write: Callable[[list[X]], None] | None,
         on_close: Callable[[], None] | None = None,
+        *,
+        shrink: Shrink | None = None,
+        max_bytes: int = _MESSAGE_MAX_BYTES,
+        step_id: str = "",
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._encode = encode
         self._after_write = after_write
         self._on_close = on_close
+        self._shrink = shrink
+        self._max_bytes = max_bytes
+        self._step_id = step_id
         self._errors: list[str] = []
+        self._refused: list[Encoded] = []  # refused by the broker as too large: cut and resent
 
-    def _on_delivery(self, err: object, _msg: object) -> None:
-        if err is not None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            return
+        if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            self._refused.append((msg.key(), msg.value(), msg.headers()))
+        else:
             self._errors.append(str(err))
 
+    def _oversized(self, enc: Encoded, limit: int) -> Encoded | None:
+        """``enc`` cut to ``limit`` bytes, or None (dropped); counted either way."""
+        shrunk = self._shrink(enc, limit) if self._shrink is not None else None
+        action = "dropped" if shrunk is None else "truncated"
+        metrics.SINK_OVERSIZED.labels(step=self._step_id, action=action).inc()
+        return shrunk
+
+    def _produce(self, enc: Encoded) -> None:
+        key, value, headers = enc
+        while True:
+            try:
+                self._producer.produce(self._topic, value, key, headers=headers,
+                                       on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: let librdkafka drain it, then retry
+                self._producer.poll(0.05)
+            except KafkaException as ex:
+                if not _too_large(ex):
+                    raise
+                shrunk = self._oversized((key, value, headers), self._max_bytes)
+                if shrunk is None:
+                    return
+                key, value, headers = shrunk
+
     def write_batch(self, items: list[X]) -> None:
-        produce = self._producer.produce
-        topic = self._topic
         encode = self._encode
-        cb = self._on_delivery
         for item in items:
-            key, value, headers = encode(item)
-            while True:
-                try:
-                    produce(topic, value, key, headers=headers, on_delivery=cb)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain it, then retry
-                    self._producer.poll(0.05)
+            self._produce(encode(item))
         self._producer.flush()
-        if self._errors:
+        for _ in range(32):  # the broker's limit is not known here: halve until it accepts
+            if not self._refused:
+                break
+            refused, self._refused = self._refused, []
+            for enc in refused:
+                size = len(enc[0] or b"") + len(enc[1] or b"")
+                size += sum(len(h) + len(v or b"") for h, v in enc[2] or [])
+                shrunk = self._oversized(enc, min(self._max_bytes, size // 2))
+                if shrunk is not None:
+                    self._produce(shrunk)
+            self._producer.flush()
+        if self._errors or self._refused:
             errors, self._errors = self._errors, []
-            raise KafkaException(f"could not write {len(errors)} records to {topic!r}: {errors[0]}")
+            errors += [f"{len(self._refused)} records refused as too large"] if self._refused \
+                else []
+            self._refused = []
+            raise KafkaException(
+                f"could not write {len(errors)} records to {self._topic!r}: {errors[0]}")
         if self._after_write is not None:
             self._after_write(items)
 
@@ -261,7 +391,10 @@ class ProducerSink(DynamicSink[X], Generic[X]):
         topic: str,
         encode: Callable[[X], Encoded],
         after_write: Callable[[list[X]], None] | None = None,
+        *,
+        shrink: Shrink | None = None,
     ) -> None:
+        self._shrink = shrink
         self._config = {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
             "linger.ms": 5,
@@ -278,8 +411,10 @@ class ProducerSink(DynamicSink[X], Generic[X]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ProducerPartition[X]:
         on_close = (summary.END_OF_RUN.opened(step_id, worker_index, worker_count)
                     if self._bounded else None)
+        max_bytes = int(self._config.get("message.max.bytes", _MESSAGE_MAX_BYTES))
         return _ProducerPartition(
-            Producer(self._config), self._topic, self._encode, self._after_write, on_close
+            Producer(self._config), self._topic, self._encode, self._after_write, on_close,
+            shrink=self._shrink, max_bytes=max_bytes, step_id=step_id,
         )
 
 
@@ -320,4 +455,7 @@ def window_sink(settings: Settings) -> ProducerSink[Any]:
 
 
 def dead_letter_sink(settings: Settings) -> ProducerSink[DeadLetter]:
-    return ProducerSink(settings, settings.deadletter_topic, encode_dead_letter)
+    """Dead letters, to ``UNDERTOW_DEADLETTER_TOPIC``; one over the producer's or the broker's
+    size limit is written with its value cut (:func:`truncate_dead_letter`)."""
+    return ProducerSink(settings, settings.deadletter_topic, encode_dead_letter,
+                        shrink=truncate_dead_letter)

@@ -159,6 +159,12 @@ LATE_EVENTS = Counter(
     "side stream, not scored).",
     ["step"],
 )
+SINK_OVERSIZED = Counter(
+    "undertow_sink_oversized",
+    "Records over the producer's or the broker's size limit, by output step: written cut "
+    "(action truncated: dead letters) or not written (action dropped: other outputs).",
+    ["step", "action"],
+)
 ENTITIES_EVICTED = Counter(
     "undertow_feature_entities_evicted", "Idle entities dropped from window state.", ["step"]
 )

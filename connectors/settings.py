@@ -114,6 +114,12 @@ class Settings(BaseModel):
     #: Records up to this much older than the newest seen still get exact window features.
     #: Unset: the stream file's ``allowed_lateness``.
     allowed_lateness_s: float | None = Field(None, ge=0)
+    #: A record whose value is longer than this (bytes) is a ``too_large`` dead letter, never
+    #: decoded; the consumer's fetch limits are set to match (:func:`connectors.kafka.kafka_source`).
+    max_record_bytes: int = Field(1_000_000, gt=0)
+    #: An event more than this (seconds) ahead of the newest time its feature shard has seen (and
+    #: of the wall clock when it was read) is a ``future_event`` dead letter: it moves no clock.
+    max_future_skew_s: float = Field(86_400.0, gt=0)
 
     @field_validator("kafka_bootstrap_servers", "events_topic", "labels_topic",
                      "predictions_topic", "deadletter_topic")

@@ -234,6 +234,7 @@ def featurize(
     return spec_features(
         "features", events, spec=stream.features, shards=s.feature_shards,
         allowed_lateness_ms=lateness, partitions=partitions,
+        max_future_skew_ms=int(s.max_future_skew_s * 1000),
     )
 
 
@@ -378,10 +379,13 @@ def build_flow(
     raw = inputs.attach(flow, s)
     controls = control_errs = None
     if raw.control is not None:
-        decoded_control = decode_controls("decode_control", raw.control)
+        decoded_control = decode_controls("decode_control", raw.control,
+                                          max_record_bytes=s.max_record_bytes)
         controls, control_errs = decoded_control.oks, decoded_control.errs
-    events = decode_events("decode_events", raw.events, schema=stream.events)
-    labels = decode_labels("decode_labels", raw.labels, schema=stream.labels)
+    events = decode_events("decode_events", raw.events, schema=stream.events,
+                           max_record_bytes=s.max_record_bytes)
+    labels = decode_labels("decode_labels", raw.labels, schema=stream.labels,
+                           max_record_bytes=s.max_record_bytes)
 
     features = featurize(events.oks, s, stream, partitions=lambda: inputs.partitions(s, "events"))
 

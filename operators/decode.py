@@ -19,6 +19,7 @@ from connectors.kafka import KafkaRecord
 from undertow.schema import (
     INVALID_RECORD,
     KAFKA_ERROR,
+    TOO_LARGE,
     Control,
     DeadLetter,
     Event,
@@ -46,19 +47,36 @@ def _kafka_error(step_id: str, r: KafkaRecord) -> DeadLetter:
                                partition=r.partition, offset=r.offset, step=step_id, seq=r.seq)
 
 
+def _too_large(step_id: str, r: KafkaRecord, limit: int) -> DeadLetter:
+    return DeadLetter.of_bytes(TOO_LARGE, f"value of {len(r.value or b'')} bytes is over the "
+                               f"limit of {limit} (UNDERTOW_MAX_RECORD_BYTES)", r.value,
+                               key=r.key, topic=r.topic, partition=r.partition, offset=r.offset,
+                               step=step_id, seq=r.seq)
+
+
 def _decoder(
     step_id: str,
     stream: str,
     ok_type: type,
     ok_counter: Any,
     decode_one: Callable[[KafkaRecord, float], Any],
+    max_record_bytes: int | None = None,
 ) -> Callable[[list[KafkaRecord]], list[Any]]:
-    """A batch decoder: one wall-clock reading per batch, counts pushed once per batch."""
+    """A batch decoder: one wall-clock reading per batch, counts pushed once per batch; a value
+    longer than ``max_record_bytes`` is a ``too_large`` dead letter, never parsed."""
     reads = metrics.RECORDS_READ.labels(stream=stream)
+    limit = max_record_bytes
+
+    def sized(m: KafkaRecord, now: float) -> Any:
+        if limit is not None and m.value is not None and len(m.value) > limit:
+            return _too_large(step_id, m, limit)
+        return decode_one(m, now)
+
+    one = decode_one if limit is None else sized
 
     def guarded(m: KafkaRecord, now: float) -> Any:
         try:
-            return decode_one(m, now)
+            return one(m, now)
         except Exception as ex:  # no input may crash the dataflow: unforeseen -> dead letter
             return DeadLetter.of_bytes(INVALID_RECORD, f"{type(ex).__name__}: {ex}"[:500],
                                        m.value, key=m.key, topic=m.topic, partition=m.partition,
@@ -67,7 +85,7 @@ def _decoder(
     def decode_batch(batch: list[KafkaRecord]) -> list[Any]:
         now = time.time()
         try:
-            out = [decode_one(m, now) if m.error is None else _kafka_error(step_id, m)
+            out = [one(m, now) if m.error is None else _kafka_error(step_id, m)
                    for m in batch]
         except Exception:  # rare: redo the batch record by record to isolate the culprit
             out = [guarded(m, now) if m.error is None else _kafka_error(step_id, m)
@@ -82,9 +100,11 @@ def _decoder(
 
 @operator
 def decode_events(
-    step_id: str, up: Stream[KafkaRecord], *, schema: EventSchema
+    step_id: str, up: Stream[KafkaRecord], *, schema: EventSchema,
+    max_record_bytes: int | None = None,
 ) -> DecodeOut[Event]:
-    """Decode event records with ``schema``; invalid ones go to ``errs`` with their raw bytes.
+    """Decode event records with ``schema``; invalid ones go to ``errs`` with their raw bytes,
+    and so do values longer than ``max_record_bytes`` (reason ``too_large``).
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSource, TestingSink, run_main
@@ -105,7 +125,8 @@ def decode_events(
             offset=m.offset, step=step_id, seq=m.seq,
         )
 
-    decode_batch = _decoder(step_id, "events", Event, metrics.EVENTS, decode_one)
+    decode_batch = _decoder(step_id, "events", Event, metrics.EVENTS, decode_one,
+                            max_record_bytes)
     decoded = op.flat_map_batch("decode", up, decode_batch)
     split = op.branch("split", decoded, lambda x: type(x) is Event)
     return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]
@@ -117,6 +138,7 @@ def decode_labels(
     up: Stream[KafkaRecord],
     *,
     schema: LabelSchema,
+    max_record_bytes: int | None = None,
 ) -> DecodeOut[Label]:
     """Decode label records (id, key, time and the target's value, as ``schema`` names them)."""
     metrics.declare_reasons(step_id)
@@ -127,14 +149,17 @@ def decode_labels(
             topic=m.topic, partition=m.partition, offset=m.offset, step=step_id, seq=m.seq,
         )
 
-    decode_batch = _decoder(step_id, "labels", Label, metrics.LABELS, decode_one)
+    decode_batch = _decoder(step_id, "labels", Label, metrics.LABELS, decode_one,
+                            max_record_bytes)
     decoded = op.flat_map_batch("decode", up, decode_batch)
     split = op.branch("split", decoded, lambda x: type(x) is Label)
     return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]
 
 
 @operator
-def decode_controls(step_id: str, up: Stream[KafkaRecord]) -> DecodeOut[Control]:
+def decode_controls(
+    step_id: str, up: Stream[KafkaRecord], *, max_record_bytes: int | None = None
+) -> DecodeOut[Control]:
     """Decode control-topic commands for the model step (:func:`undertow.schema.decode_control`)."""
     metrics.declare_reasons(step_id)
 
@@ -143,7 +168,8 @@ def decode_controls(step_id: str, up: Stream[KafkaRecord]) -> DecodeOut[Control]
             m.value, topic=m.topic, partition=m.partition, offset=m.offset, step=step_id
         )
 
-    decode_batch = _decoder(step_id, "control", Control, metrics.CONTROLS_READ, decode_one)
+    decode_batch = _decoder(step_id, "control", Control, metrics.CONTROLS_READ, decode_one,
+                            max_record_bytes)
     decoded = op.flat_map_batch("decode", up, decode_batch)
     split = op.branch("split", decoded, lambda x: type(x) is Control)
     return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]

@@ -34,7 +34,13 @@ from undertow.features import (
     entity_of,
     finish,
 )
-from undertow.schema import LATE_EVENT, DeadLetter, Event, FeaturedEvent  # noqa: F401
+from undertow.schema import (  # noqa: F401
+    FUTURE_EVENT,
+    LATE_EVENT,
+    DeadLetter,
+    Event,
+    FeaturedEvent,
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,10 @@ def shard_of(entity: str, shards: int) -> str:
 
 
 class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
-    def __init__(self, step_id: str, shard: str, state: GroupState) -> None:
+    def __init__(self, step_id: str, shard: str, state: GroupState,
+                 max_future_skew_ms: int | None = None) -> None:
         self.step_id = step_id
+        self.max_future_skew_ms = max_future_skew_ms
         self.shard = shard
         self.via = f"{os.getpid()}.{shard}"  # unique per shard instance: a path to the next step
         self.state = state
@@ -75,8 +83,24 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         # Upstream steps group their output by key, so a batch can arrive out of event-time order;
         # serve it in event-time order, which is the order the data happened.
         values.sort(key=_event_order)
+        skew = self.max_future_skew_ms
+        newest = max(self.state.wm.newest.values(), default=None) if skew is not None else None
         for fe in values:
             ev = fe.event
+            if skew is not None:
+                # The shard's clock (its newest time, or the wall clock when the record was read
+                # if that is later: a stream that pauses longer than the skew resumes) bounds how
+                # far ahead a record may be; beyond it, it moves no clock. No clock yet: accepted.
+                clock = max(newest or 0, int(ev.read_at * 1000))
+                if clock and ev.ts > clock + skew:
+                    out.append(DeadLetter.of_event(
+                        ev, FUTURE_EVENT,
+                        f"event time {ev.ts} is more than {skew} ms ahead of the clock {clock} "
+                        f"at step {self.step_id!r} (UNDERTOW_MAX_FUTURE_SKEW_S)", self.step_id,
+                    ))
+                    continue
+                if newest is None or ev.ts > newest:
+                    newest = ev.ts
             feats = update(ev.fields, ev.ts, (ev.partition, fe.via), windows)
             if feats is None:
                 out.append(DeadLetter.of_event(
@@ -129,6 +153,7 @@ def group_features(
     allowed_lateness_ms: int,
     idle_ms: int,
     partitions: Callable[[], int | None] | None = None,
+    max_future_skew_ms: int | None = None,
 ) -> FeaturesOut:
     """Add one key group's rolling features to each event, as of its time; emit closed windows.
 
@@ -137,6 +162,10 @@ def group_features(
     several paths (one per upstream shard), each in order but interleaved with the others, and
     keep one watermark per (source partition, path), so processing skew between workers never
     makes a record late or closes a window early.
+
+    ``max_future_skew_ms`` (the first step only): a record more than this ahead of the shard's
+    clock is a ``future_event`` dead letter on ``late`` and moves no watermark (see
+    :class:`_ShardLogic`).
     """
     if shards <= 0:
         raise ValueError(f"group_features {step_id!r}: shards must be > 0, got {shards}")
@@ -156,7 +185,7 @@ def group_features(
             group, allowed_lateness_ms=allowed_lateness_ms, idle_ms=idle_ms,
             partitions=partitions() if partitions is not None else None,
         )
-        return _ShardLogic(step_id, str(next(_instances)), state)
+        return _ShardLogic(step_id, str(next(_instances)), state, max_future_skew_ms)
 
     out = op.key_rm("unkey", op.stateful_batch("state", keyed, build))
     events = op.branch("split_events", out, lambda x: type(x) is FeaturedEvent)
@@ -173,8 +202,11 @@ def spec_features(
     shards: int,
     allowed_lateness_ms: int | None = None,
     partitions: Callable[[], int | None] | None = None,
+    max_future_skew_ms: int | None = None,
 ) -> FeaturesOut:
-    """Every feature of ``spec`` for each event, as of its own time.
+    """Every feature of ``spec`` for each event, as of its own time; with
+    ``max_future_skew_ms``, an event that far ahead of the first step's clock is a
+    ``future_event`` dead letter on ``late`` instead.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSource, TestingSink, run_main
@@ -202,6 +234,7 @@ def spec_features(
             f"{name}_features", featured, group=group, shards=shards,
             allowed_lateness_ms=lateness, idle_ms=spec.idle_ms,
             partitions=partitions if i == 0 else None,
+            max_future_skew_ms=max_future_skew_ms if i == 0 else None,
         )
         featured = out.featured
         windows.append(out.windows)

@@ -58,6 +58,8 @@ OUT_OF_RANGE = "out_of_range"
 INVALID_RECORD = "invalid_record"
 BAD_CONTROL = "bad_control"
 LATE_EVENT = "late_event"
+TOO_LARGE = "too_large"
+FUTURE_EVENT = "future_event"
 
 #: The latest event time accepted: 2100-01-01T00:00:00Z. A record stamped beyond it would drag
 #: every event-time clock forward and expire all state at once.
@@ -84,6 +86,8 @@ DEAD_LETTER_REASONS = (
     INVALID_RECORD,
     BAD_CONTROL,
     LATE_EVENT,
+    TOO_LARGE,
+    FUTURE_EVENT,
 )
 
 
