@@ -36,6 +36,7 @@ from undertow.features import (
 )
 from undertow.schema import (  # noqa: F401
     FUTURE_EVENT,
+    INVALID_RECORD,
     LATE_EVENT,
     DeadLetter,
     Event,
@@ -59,7 +60,8 @@ def _event_order(fe: FeaturedEvent) -> tuple[int, int, str]:
 
 def shard_of(entity: str, shards: int) -> str:
     """The shard key of an entity: stable across processes (unlike ``hash``)."""
-    return str(zlib.crc32(entity.encode()) % shards)
+    # surrogatepass: any str hashes (a lone surrogate too), and valid text as plain UTF-8.
+    return str(zlib.crc32(entity.encode("utf-8", "surrogatepass")) % shards)
 
 
 class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
@@ -101,7 +103,12 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
                     continue
                 if newest is None or ev.ts > newest:
                     newest = ev.ts
-            feats = update(ev.fields, ev.ts, (ev.partition, fe.via), windows)
+            try:
+                feats = update(ev.fields, ev.ts, (ev.partition, fe.via), windows)
+            except Exception as ex:  # no record may crash the step: this one is a dead letter
+                out.append(DeadLetter.of_event(
+                    ev, INVALID_RECORD, f"{type(ex).__name__}: {ex}"[:500], self.step_id))
+                continue
             if feats is None:
                 out.append(DeadLetter.of_event(
                     ev, LATE_EVENT,

@@ -39,6 +39,7 @@ from undertow.learning import (
 from undertow.schema import (
     BAD_CONTROL,
     CONTROL_COMMANDS,
+    INVALID_RECORD,
     Control,
     DeadLetter,
     FeaturedEvent,
@@ -185,16 +186,12 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
             # Serve each batch in record-time order: a label before an event at the same time
             # (the tie rule of river's simulate_qa). Upstream grouping by key reorders.
             values.sort(key=_record_order)
-            on_event = learner.on_event
-            on_label = learner.on_label
+            dispatch = self._dispatch
             for v in values:
-                t = type(v)
-                if t is FeaturedEvent:
-                    on_event(v, out)
-                elif t is Label:
-                    on_label(v, out)
-                elif t is Control:
+                if type(v) is Control:
                     self._control(v, out)
+                else:
+                    dispatch(learner, v, out)
         self._finish_batch(out)
         return out, StatefulBatchLogic.RETAIN
 
@@ -216,14 +213,22 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
                 st.next_seq += 1
             self._dispatch(learner, v, out)
 
-    @staticmethod
-    def _dispatch(learner: OnlineLearner, v: Any, out: list[Any]) -> None:
+    def _dispatch(self, learner: OnlineLearner, v: Any, out: list[Any]) -> None:
         t = type(v)
-        if t is FeaturedEvent:
-            learner.on_event(v, out)
-        elif t is Label:
-            learner.on_label(v, out)
-        # a DeadLetter is a gap: its seq is used up, nothing reaches the models
+        try:
+            if t is FeaturedEvent:
+                learner.on_event(v, out)
+            elif t is Label:
+                learner.on_label(v, out)
+            # a DeadLetter is a gap: its seq is used up, nothing reaches the models
+        except Exception as ex:  # no record may crash the step: this one is a dead letter
+            detail = f"{type(ex).__name__}: {ex}"[:500]
+            if t is FeaturedEvent:
+                out.append(DeadLetter.of_event(v.event, INVALID_RECORD, detail, self.step_id))
+            else:
+                out.append(DeadLetter.of_label(v, INVALID_RECORD, detail, self.step_id))
+            log.error("model step %r: record %r failed: %s", self.step_id,
+                      v.event.event_id if t is FeaturedEvent else v.event_id, detail)
 
     def _control(self, c: Control, out: list[Any]) -> None:
         learner = self.state.learner

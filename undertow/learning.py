@@ -48,6 +48,7 @@ from undertow.label_join import (
 )
 from undertow.schema import (
     DUPLICATE_EVENT,
+    INVALID_RECORD,
     MODEL_ERROR,
     DeadLetter,
     FeaturedEvent,
@@ -508,7 +509,11 @@ class OnlineLearner:
         """Learn from each matched label, dead-letter each unusable one, in order."""
         for r in due:
             if type(r) is Matched:
-                self._learn(r.pending, r.label, out)
+                try:
+                    self._learn(r.pending, r.label, out)
+                except Exception as ex:  # this label, not the record that made it due, failed
+                    self._dead_letter(r.label, INVALID_RECORD,
+                                      f"{type(ex).__name__}: {ex}"[:500], out)
             else:
                 self._dead_letter(r.label, r.reason, r.detail, out)
 

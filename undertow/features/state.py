@@ -84,6 +84,12 @@ class History:
             col.insert(idx, fields.get(f))
         return idx
 
+    def remove(self, idx: int) -> None:
+        """Drop the record at ``idx`` (one :meth:`insert` returned)."""
+        del self.ts[idx]
+        for col in self.cols.values():
+            del col[idx]
+
     def evict_through(self, horizon: int) -> int:
         """Drop the records with ``ts <= horizon``; return how many."""
         n = bisect_right(self.ts, horizon)
@@ -170,7 +176,14 @@ class GroupState:
                     self.records -= hist.evict_through(horizon)
             idx = hist.insert(ts, fields)
             self.records += 1
-            feats = self._rolling(hist, idx, ts, fields) if g.rolling else {}
+            try:
+                feats = self._rolling(hist, idx, ts, fields) if g.rolling else {}
+            except Exception:  # a record the features cannot use must not stay to poison them
+                hist.remove(idx)
+                self.records -= 1
+                if not hist:
+                    del self.entities[entity]
+                raise
         if self._windowed:
             self._add_to_panes(entity, ts, fields, closed_upto)
         self.wm.update(partition, ts)
