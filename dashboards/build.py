@@ -208,7 +208,12 @@ def overview() -> db.Dashboard:
          .with_panel(ts("Late events, by step", "Events older than the allowed lateness when they "
                         "reached a window step.",
                         [(f"sum by (step) (rate(undertow_late_events_total[{RI}]))", "{{step}}")],
-                        unit="eps")))
+                        unit="eps"))
+         .with_panel(ts("Oversized records at the sinks", "Records longer than a producer "
+                        "accepts: dead letters written cut (truncated), other outputs dropped. "
+                        "0 when none.",
+                        [(f"sum by (action) (rate(undertow_sink_oversized_total[{RI}])) "
+                          "or vector(0)", "{{action}}")], unit="recps")))
     return d
 
 

@@ -122,3 +122,17 @@ def test_labels_of_each_target():
     assert lab(approval, "41")[0] == "wrong_type" and lab(approval, True)[0] == "wrong_type"
     nan = b'{"event_id":"e1","k":"a","ts":5,"y":NaN}'
     assert decode_label(nan, approval).reason == "not_finite"
+
+
+def test_every_reason_the_code_gives_is_declared():
+    """Metrics pre-declare DEAD_LETTER_REASONS at zero: a reason missing there has no series."""
+    import re
+
+    import undertow.schema as schema
+
+    constants = {v for k, v in vars(schema).items()
+                 if re.fullmatch(r"[A-Z_]+", k) and isinstance(v, str) and v == v.lower()
+                 and k not in ("CONTROL_COMMANDS",)}
+    assert constants <= set(schema.DEAD_LETTER_REASONS), constants - set(
+        schema.DEAD_LETTER_REASONS)
+    assert len(set(schema.DEAD_LETTER_REASONS)) == len(schema.DEAD_LETTER_REASONS)
