@@ -119,7 +119,9 @@ class Settings(BaseModel):
     max_record_bytes: int = Field(1_000_000, gt=0)
     #: An event more than this (seconds) ahead of the newest time its feature shard has seen (and
     #: of the wall clock when it was read) is a ``future_event`` dead letter: it moves no clock.
-    max_future_skew_s: float = Field(86_400.0, gt=0)
+    #: A year by default: sparse streams (a survey a year, a record a day) have gaps of days, and
+    #: an event stamped in 2099 is still decades ahead.
+    max_future_skew_s: float = Field(365 * 86_400.0, gt=0)
 
     @field_validator("kafka_bootstrap_servers", "events_topic", "labels_topic",
                      "predictions_topic", "deadletter_topic")

@@ -121,7 +121,8 @@ def test_errors_are_one_line_and_exit_2(setup, tmp_path, kafka):
         (["--checkpoint", str(tmp_path / "none"), "--input", str(events)],
          "undertow score: cannot read checkpoint"),
         (["--checkpoint", str(models["logreg"]), "--input", str(tmp_path / "missing.jsonl")],
-         "undertow score: [Errno 2] No such file or directory"),
+         f"undertow score: cannot read {tmp_path / 'missing.jsonl'}: No such file or "
+         "directory"),
         (["--checkpoint", str(models["logreg"]), "--topic", "no-such-topic-xyz",
           "--brokers", kafka.bootstrap_servers],
          "undertow score: --topic: topic 'no-such-topic-xyz' does not exist"),
