@@ -263,7 +263,7 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
         flow = start_dataflow("dataflows.fraud:flow", env=env, log_path=log.name)
         prom.start()
         prom.wait_for('up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
-                  lambda r: len(r) == 1, 60, "the dataflow to be scraped")
+                      lambda r: len(r) == 1, 60, "the dataflow to be scraped")
         t_start = time.time()
         sink = KafkaSink(kafka.bootstrap_servers, names["events"], names["labels"], 60.0)
         written = write_workload(WORKLOAD, sink, n_malformed=MALFORMED, rate=RATE)
@@ -276,7 +276,7 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
         del sink
         t_fed = time.time()
         prom.wait_for("sum(undertow_predictions_total)",
-                  lambda r: r and float(r[0]["value"][1]) == WORKLOAD.n_events, 60,
+                      lambda r: r and float(r[0]["value"][1]) == WORKLOAD.n_events, 60,
                   "every event to be predicted and scraped")
         time.sleep(3.0)  # a few more scrapes and rule evaluations on the final state
         assert flow.running, "the live dataflow exited"

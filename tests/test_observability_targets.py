@@ -123,7 +123,7 @@ def live(request, kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, A
         flow = start_dataflow("dataflows.stream:flow", env=env, log_path=log.name)
         prom.start()
         prom.wait_for('up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
-                  lambda r: len(r) == 1, 60, "the dataflow to be scraped")
+                      lambda r: len(r) == 1, 60, "the dataflow to be scraped")
         t_start = time.time()
         sink = KafkaSink(kafka.bootstrap_servers, names["events"], names["labels"], 60.0)
         run_records(gen, events, labels, sink, rate=RATE)
@@ -135,10 +135,10 @@ def live(request, kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, A
         learned = [lb for lb in sorted(labels, key=lambda lb: lb["ts"]) if lb["ts"] <= clock]
         n_models = len(run.models)
         prom.wait_for("sum(undertow_labels_learned_total)",
-                  lambda r: _total(r) == len(learned) * n_models, 60,
+                      lambda r: _total(r) == len(learned) * n_models, 60,
                   "every due label to be learned and scraped")
         prom.wait_for("sum(undertow_predictions_total)",
-                  lambda r: _total(r) == len(events) * n_models, 30, "every event scored")
+                      lambda r: _total(r) == len(events) * n_models, 30, "every event scored")
         time.sleep(3.0)  # a few more scrapes and rule evaluations on the final state
         assert flow.running, "the live dataflow exited"
         served: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in run.models}

@@ -33,7 +33,28 @@ _EPS = 1e-15
 _ONE = 1 - 1e-15
 
 
-class RollingQuality:
+class _WindowedClasses:
+    """What the classification qualities share: a window of items, a count of correct decisions
+    and a running loss sum."""
+
+    __slots__ = ()
+    _items: deque[Any]
+    _correct: int
+    _loss: float
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def accuracy(self) -> float:
+        return self._correct / len(self._items) if self._items else 0.0
+
+    @property
+    def log_loss(self) -> float:
+        return self._loss / len(self._items) if self._items else 0.0
+
+
+class RollingQuality(_WindowedClasses):
     """Binary: accuracy of ``score > threshold``, log-loss and ROC AUC of ``P(True)``."""
 
     __slots__ = ("window", "threshold", "_items", "_correct", "_loss", "_since_exact", "_auc")
@@ -73,26 +94,16 @@ class RollingQuality:
     def values(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "log_loss": self.log_loss, "roc_auc": self.roc_auc}
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def accuracy(self) -> float:
-        return self._correct / len(self._items) if self._items else 0.0
 
     @property
     def roc_auc(self) -> float:
         return float(self._auc.get()) if self._items else 0.0
 
-    @property
-    def log_loss(self) -> float:
-        return self._loss / len(self._items) if self._items else 0.0
-
 
 BinaryQuality = RollingQuality
 
 
-class MulticlassQuality:
+class MulticlassQuality(_WindowedClasses):
     """Multi-class: accuracy, macro F1 (over the classes seen in the window, as labels or as
     decisions: River's ``MacroF1`` of the window's records), cross-entropy, class counts.
 
@@ -159,16 +170,6 @@ class MulticlassQuality:
                 del self._tp[y]
         self._loss += sign * loss
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def accuracy(self) -> float:
-        return self._correct / len(self._items) if self._items else 0.0
-
-    @property
-    def log_loss(self) -> float:
-        return self._loss / len(self._items) if self._items else 0.0
 
     @property
     def macro_f1(self) -> float:
