@@ -306,9 +306,11 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         shrink: Shrink | None = None,
         max_bytes: int = _MESSAGE_MAX_BYTES,
         step_id: str = "",
+        topic_of: Callable[[X], str | None] | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
+        self._topic_of = topic_of
         self._encode = encode
         self._after_write = after_write
         self._on_close = on_close
@@ -316,13 +318,14 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         self._max_bytes = max_bytes
         self._step_id = step_id
         self._errors: list[str] = []
-        self._refused: list[Encoded] = []  # refused by the broker as too large: cut and resent
+        # Refused by the broker as too large, with their topic: cut and resent.
+        self._refused: list[tuple[Encoded, str]] = []
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
             return
         if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-            self._refused.append((msg.key(), msg.value(), msg.headers()))
+            self._refused.append(((msg.key(), msg.value(), msg.headers()), msg.topic()))
         else:
             self._errors.append(str(err))
 
@@ -333,11 +336,12 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         metrics.SINK_OVERSIZED.labels(step=self._step_id, action=action).inc()
         return shrunk
 
-    def _produce(self, enc: Encoded) -> None:
+    def _produce(self, enc: Encoded, topic: str | None = None) -> None:
         key, value, headers = enc
+        topic = topic or self._topic
         while True:
             try:
-                self._producer.produce(self._topic, value, key, headers=headers,
+                self._producer.produce(topic, value, key, headers=headers,
                                        on_delivery=self._on_delivery)
                 return
             except BufferError:  # local queue full: let librdkafka drain it, then retry
@@ -352,19 +356,24 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
 
     def write_batch(self, items: list[X]) -> None:
         encode = self._encode
-        for item in items:
-            self._produce(encode(item))
+        topic_of = self._topic_of
+        if topic_of is None:
+            for item in items:
+                self._produce(encode(item))
+        else:
+            for item in items:
+                self._produce(encode(item), topic_of(item))
         self._producer.flush()
         for _ in range(32):  # the broker's limit is not known here: halve until it accepts
             if not self._refused:
                 break
             refused, self._refused = self._refused, []
-            for enc in refused:
+            for enc, topic in refused:
                 size = len(enc[0] or b"") + len(enc[1] or b"")
                 size += sum(len(h) + len(v or b"") for h, v in enc[2] or [])
                 shrunk = self._oversized(enc, min(self._max_bytes, size // 2))
                 if shrunk is not None:
-                    self._produce(shrunk)
+                    self._produce(shrunk, topic)
             self._producer.flush()
         if self._errors or self._refused:
             errors, self._errors = self._errors, []
@@ -383,7 +392,8 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
 
 
 class ProducerSink(DynamicSink[X], Generic[X]):
-    """Write records to one topic through ``encode(record) -> (key, value, headers)``."""
+    """Write records to one topic through ``encode(record) -> (key, value, headers)``; with
+    ``topic_of``, each record to the topic it names (None: the sink's topic)."""
 
     def __init__(
         self,
@@ -393,8 +403,10 @@ class ProducerSink(DynamicSink[X], Generic[X]):
         after_write: Callable[[list[X]], None] | None = None,
         *,
         shrink: Shrink | None = None,
+        topic_of: Callable[[X], str | None] | None = None,
     ) -> None:
         self._shrink = shrink
+        self._topic_of = topic_of
         self._config = {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
             "linger.ms": 5,
@@ -414,7 +426,7 @@ class ProducerSink(DynamicSink[X], Generic[X]):
         max_bytes = int(self._config.get("message.max.bytes", _MESSAGE_MAX_BYTES))
         return _ProducerPartition(
             Producer(self._config), self._topic, self._encode, self._after_write, on_close,
-            shrink=self._shrink, max_bytes=max_bytes, step_id=step_id,
+            shrink=self._shrink, max_bytes=max_bytes, step_id=step_id, topic_of=self._topic_of,
         )
 
 

@@ -154,8 +154,11 @@ class _Refusing:
     report carries the broker's MSG_SIZE_TOO_LARGE over ``broker``."""
 
     class _Msg:
-        def __init__(self, key, value, headers):
-            self._k, self._v, self._h = key, value, headers
+        def __init__(self, topic, key, value, headers):
+            self._t, self._k, self._v, self._h = topic, key, value, headers
+
+        def topic(self):
+            return self._t
 
         def key(self):
             return self._k
@@ -169,6 +172,7 @@ class _Refusing:
     def __init__(self, local: int, broker: int) -> None:
         self.local, self.broker = local, broker
         self.written: list[tuple] = []
+        self.topics: list[str] = []
         self._reports: list = []
 
     def produce(self, topic, value, key, headers=None, on_delivery=None):
@@ -177,9 +181,10 @@ class _Refusing:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         if size > self.broker:
             self._reports.append((on_delivery, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE),
-                                  self._Msg(key, value, headers)))
+                                  self._Msg(topic, key, value, headers)))
         else:
             self.written.append((key, value, headers))
+            self.topics.append(topic)
 
     def flush(self, timeout=None):
         reports, self._reports = self._reports, []
@@ -205,6 +210,16 @@ def test_refused_by_the_producer_or_the_broker_a_dead_letter_is_written_cut():
         value, headers = cut[letter]
         assert 0 < len(value) <= 300_000 and value == letter * len(value)
         assert headers[TRUNCATED_HEADER] == original
+
+
+def test_with_a_topic_per_record_a_cut_record_is_resent_to_its_own_topic():
+    fake = _Refusing(local=1_000_000, broker=300_000)
+    part = _ProducerPartition(fake, "dl", encode_dead_letter, None, shrink=truncate_dead_letter,
+                              max_bytes=1_000_000,
+                              topic_of=lambda d: "big" if len(d.raw) > 1 else None)
+    part.write_batch([_dead_letter(b"a"), _dead_letter(b"z" * 600_000), _dead_letter(b"b")])
+    assert [v[:1] for _, v, _ in fake.written] == [b"a", b"b", b"z"]
+    assert fake.topics == ["dl", "dl", "big"]
 
 
 def test_an_oversized_prediction_is_dropped_not_a_failed_batch():
