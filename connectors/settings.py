@@ -123,6 +123,17 @@ class Settings(BaseModel):
     #: an event stamped in 2099 is still decades ahead.
     max_future_skew_s: float = Field(365 * 86_400.0, gt=0)
 
+    #: Requests to score, not to learn from (docs/requests.md); empty = the stream file's
+    #: ``[requests] topic``, or none (requests off).
+    requests_topic: str = ""
+    #: Where replies go when a request names no ``reply_to``; empty = the stream file's
+    #: ``[requests] replies``, or "replies".
+    replies_topic: str = ""
+    #: The HTTP gateway (connectors.gateway): how long a caller waits for a reply by default,
+    #: and the most records one POST may carry.
+    gateway_timeout_ms: int = Field(2_000, gt=0)
+    gateway_max_batch: int = Field(1_000, gt=0)
+
     @field_validator("kafka_bootstrap_servers", "events_topic", "labels_topic",
                      "predictions_topic", "deadletter_topic")
     @classmethod
