@@ -75,6 +75,9 @@ class Settings(BaseModel):
     drift_recent_size: int = Field(2000, gt=0)
     drift_every: int = Field(5000, gt=0)
     drift_refresh_every: int = Field(0, ge=0)
+    #: Events served before the data-drift reference starts, at the least; it also waits for
+    #: the stream's longest feature window of event time (docs/metrics.md, Drift).
+    drift_warmup_events: int = Field(0, ge=0)
     #: Challengers scored in shadow on the same events, learning from the same labels:
     #: "name=model,name=model" with the models of UNDERTOW_MODEL; empty = the stream file's
     #: other models (set, it replaces them).

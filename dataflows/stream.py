@@ -149,6 +149,9 @@ def make_learner(
             recent_size=settings.drift_recent_size,
             every=settings.drift_every,
             refresh_every=settings.drift_refresh_every,
+            # warm: once every feature window has filled, and after UNDERTOW_DRIFT_WARMUP_EVENTS
+            warmup_ms=max((f.window_ms for f in stream.features.rolling), default=0),
+            warmup_events=settings.drift_warmup_events,
         ),
         wall_clock=None if replay else time.time,
         ensemble=ensemble,

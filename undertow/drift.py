@@ -6,18 +6,49 @@ mean is higher is ``up``. On the error stream only ``up`` means the model got wo
 detections of a model that is still learning are expected and must not alert. The direction
 compares ADWIN's estimate after the cut with the mean since the previous detection.
 
-:class:`FeatureDrift` compares, per feature, a *reference* window (the first ``reference_size``
-served vectors, or the latest recent window when refreshed) with the *recent* window (the last
-``recent_size`` vectors): the population stability index over the reference's deciles and the
+:class:`FeatureDrift` compares, per feature, a *reference* window (``reference_size`` served
+vectors taken once the stream is warm, or the latest recent window when refreshed) with the
+*recent* window (the last ``recent_size`` vectors): the population stability index and the
 two-sample Kolmogorov-Smirnov statistic. The recent window keeps the served vectors themselves
 (one append per event); scores are recomputed every ``every`` updates with numpy (a few
 milliseconds for 14 features and 2x2000 values, i.e. about 1 us per event at every=5000).
+
+Warm-up. A rolling feature is not yet itself until its window has filled: in the first hour of
+a stream every card's 1 h count is small because the stream has no earlier hour, not because
+cards slowed down. A reference taken then makes every later window look drifted (PSI 7.8 on
+``card_count_1h`` of a stream without drift). So the reference is collected only from the first
+vector served at least ``warmup_ms`` of event time after the first one (the stream's longest
+feature window) and after at least ``warmup_events`` vectors; before that nothing is kept.
+
+Bins (:func:`psi_bins`). Deciles of the reference are the usual PSI bins, but they collapse on
+the features a stream is made of: a count that is mostly 1, a distance capped at its window, a
+one-hot that is 0 or 1. Nine quantiles that all equal 1 leave one bin holding most of the data
+and the rest of the bins depending on where ties fall. So:
+
+* a feature with at most ``bins`` distinct values in the reference gets one bin per value (a
+  category each; a value never seen falls in the gap between two of them, or below or above);
+* otherwise every value that holds at least ``1/bins`` of the reference (a point mass: the
+  zeros, the cap) gets a bin of its own, and the other values get quantile bins of their own
+  distribution, as many as are left, with duplicate edges merged.
+
+Smoothing. PSI has ``log(p / q)``: a bin empty on one side is infinite, and a fixed floor (the
+usual 1e-4) makes a single value in a bin the reference never saw weigh as much as a shift. An
+empty bin is counted as half a value of its window (share ``0.5 / n``), so a bin never seen in
+the reference weighs about ``p * log(2 n p)``: large when a new value is frequent (a real
+change), small when it is rare. A bin empty on both sides (a gap between two discrete values
+that neither window has) is left out. Bins that are not empty keep their share, so the value
+is the textbook
+``sum((p - q) * log(p / q))`` whenever every bin is occupied (``tests/test_drift.py`` checks
+hand-computed cases).
 
 >>> cd = ConceptDrift()
 >>> for x in [0.1] * 500 + [0.9] * 500:
 ...     cd.update(x, 0)
 >>> cd.detections[("adwin", "up")] >= 1
 True
+>>> ref, cur = [1, 1, 1, 1, 1, 1, 2, 2, 2, 3], [1, 1, 1, 1, 1, 2, 2, 2, 3, 3]
+>>> round(psi(ref, cur), 6), round(float(0.1 * np.log(1.2) + 0.1 * np.log(2)), 6)
+(0.087547, 0.087547)
 """
 
 from __future__ import annotations
@@ -28,8 +59,8 @@ from typing import Any
 import numpy as np
 from river import drift
 
-#: Values of a probability difference below this are treated as equal in PSI (no log of zero).
-_PSI_EPS = 1e-4
+#: An empty bin holds this many values of its window in PSI (its share is this over the size).
+EMPTY_BIN_COUNT = 0.5
 
 
 class ConceptDrift:
@@ -72,8 +103,82 @@ class ConceptDrift:
         return float(self.adwin.estimation)
 
 
+
+
+def psi_bins(reference: Any, bins: int = 10) -> Any:
+    """The bin edges of a feature, from its reference values (see the module docstring).
+
+    A value ``v`` falls in bin ``searchsorted(edges, v, side="right")``: bin ``i`` is
+    ``[edges[i-1], edges[i])``. A bin of its own for ``v`` is ``[v, nextafter(v, inf))``.
+
+    Few values: one bin each, and the gaps below, between and above them (7 bins here):
+
+    >>> edges = psi_bins([0, 0, 1, 1, 1, 3])
+    >>> np.searchsorted(edges, [-1, 0, 0.5, 1, 2, 3, 7], side="right").tolist()
+    [0, 1, 2, 3, 4, 5, 6]
+    """
+    arr = np.sort(np.asarray(reference, dtype=float))
+    if arr.size == 0:
+        return np.empty(0)
+    values, counts = np.unique(arr, return_counts=True)
+    if len(values) <= bins:
+        masses = values
+        rest = arr[:0]
+    else:
+        heavy = counts * bins >= arr.size
+        masses = values[heavy]
+        rest = arr[~np.isin(arr, masses)]
+    edges = [masses, np.nextafter(masses, np.inf)]
+    left = bins - len(masses)
+    if rest.size and left > 1:
+        edges.append(np.quantile(rest, np.linspace(0, 1, left + 1)[1:-1]))
+    return np.unique(np.concatenate(edges))
+
+
+def bin_counts(values: Any, edges: Any) -> Any:
+    """How many of ``values`` fall in each bin of ``edges`` (``len(edges) + 1`` bins)."""
+    arr = np.asarray(values, dtype=float)
+    return np.bincount(np.searchsorted(edges, arr, side="right"), minlength=len(edges) + 1)
+
+
+def psi_of_counts(current: Any, reference: Any) -> float:
+    """The population stability index ``sum((p - q) * log(p / q))`` of two windows' bin counts.
+
+    A bin empty in both windows is left out; a bin empty in one is counted as
+    :data:`EMPTY_BIN_COUNT` values of that window, so no share is 0 and PSI stays finite.
+    """
+    cur = np.asarray(current, dtype=float)
+    ref = np.asarray(reference, dtype=float)
+    n_cur, n_ref = cur.sum(), ref.sum()
+    if n_cur == 0 or n_ref == 0:
+        return 0.0
+    used = (cur > 0) | (ref > 0)
+    p = np.maximum(cur[used], EMPTY_BIN_COUNT) / n_cur
+    q = np.maximum(ref[used], EMPTY_BIN_COUNT) / n_ref
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def psi(reference: Any, current: Any, bins: int = 10) -> float:
+    """PSI of ``current`` against ``reference``, on :func:`psi_bins` of the reference."""
+    edges = psi_bins(reference, bins)
+    return psi_of_counts(bin_counts(current, edges), bin_counts(reference, edges))
+
+
 class FeatureDrift:
-    """PSI and KS of every feature between a reference window and the recent window."""
+    """PSI and KS of every feature between a reference window and the recent window.
+
+    The reference is the first ``reference_size`` vectors once the stream is warm: from the
+    first vector at least ``warmup_ms`` of event time after the first one seen (the ``ts`` given
+    to :meth:`update`), and after at least ``warmup_events`` vectors. Vectors before that are
+    counted in :attr:`warmup_seen` and kept nowhere.
+    """
+
+    # Defaults of the attributes added with the warm-up, for a state pickled before them.
+    warmup_ms = 0
+    warmup_events = 0
+    warmup_seen = 0
+    _first_ts: int | None = None
+    _warm = True
 
     def __init__(
         self,
@@ -83,17 +188,27 @@ class FeatureDrift:
         bins: int = 10,
         every: int = 5000,
         refresh_every: int = 0,
+        warmup_ms: int = 0,
+        warmup_events: int = 0,
     ) -> None:
         if min(reference_size, recent_size, bins, every) <= 0 or refresh_every < 0:
             raise ValueError("FeatureDrift sizes must be > 0 (refresh_every >= 0)")
+        if warmup_ms < 0 or warmup_events < 0:
+            raise ValueError("FeatureDrift warm-up must be >= 0")
         self.reference_size = reference_size
         self.recent_size = recent_size
         self.bins = bins
         self.every = every
         self.refresh_every = refresh_every
+        self.warmup_ms = warmup_ms
+        self.warmup_events = warmup_events
+        #: Vectors seen before the stream was warm (not in any window).
+        self.warmup_seen = 0
+        self._first_ts = None
+        self._warm = warmup_ms == 0 and warmup_events == 0
         self._collecting: dict[str, list[float]] = {}
         self._seen_for_reference = 0
-        self._reference: dict[str, tuple[Any, Any, Any]] | None = None  # sorted, edges, shares
+        self._reference: dict[str, tuple[Any, Any, Any]] | None = None  # sorted, edges, counts
         self._recent: deque[dict[str, float]] = deque(maxlen=recent_size)
         self._since_compute = 0
         self._since_refresh = 0
@@ -101,7 +216,22 @@ class FeatureDrift:
         #: feature -> (psi, ks), as of the last computation.
         self.scores: dict[str, tuple[float, float]] = {}
 
-    def update(self, x: dict[str, float]) -> None:
+    @property
+    def warm(self) -> bool:
+        """Whether the warm-up is over (the reference is being, or has been, collected)."""
+        return self._warm
+
+    def update(self, x: dict[str, float], ts: int | None = None) -> None:
+        """Add one served vector ``x``, served at event time ``ts`` (epoch ms)."""
+        if not self._warm:
+            if ts is not None and self._first_ts is None:
+                self._first_ts = ts
+            if (self.warmup_seen < self.warmup_events
+                    or (self.warmup_ms and (ts is None or self._first_ts is None
+                                            or ts - self._first_ts < self.warmup_ms))):
+                self.warmup_seen += 1
+                return
+            self._warm = True
         if self._reference is None:
             for name, v in x.items():
                 self._collecting.setdefault(name, []).append(v)
@@ -129,13 +259,10 @@ class FeatureDrift:
 
     def _freeze(self, values: dict[str, list[float]]) -> None:
         ref = {}
-        qs = np.linspace(0, 1, self.bins + 1)[1:-1]
         for name, vals in values.items():
             arr = np.sort(np.asarray(vals, dtype=float))
-            edges = np.unique(np.quantile(arr, qs))
-            shares = np.bincount(np.searchsorted(edges, arr, side="right"),
-                                 minlength=len(edges) + 1) / len(arr)
-            ref[name] = (arr, edges, shares)
+            edges = psi_bins(arr, self.bins)
+            ref[name] = (arr, edges, bin_counts(arr, edges))
         self._reference = ref
 
     def _columns(self) -> dict[str, list[float]]:
@@ -155,17 +282,13 @@ class FeatureDrift:
             got = self._reference.get(name)
             if got is None:
                 continue
-            ref, edges, ref_shares = got
+            ref, edges, ref_counts = got
             cur = np.sort(np.asarray(window, dtype=float))
-            shares = np.bincount(np.searchsorted(edges, cur, side="right"),
-                                 minlength=len(edges) + 1) / len(cur)
-            p = np.maximum(shares, _PSI_EPS)
-            q = np.maximum(ref_shares, _PSI_EPS)
-            psi = float(np.sum((p - q) * np.log(p / q)))
+            psi_value = psi_of_counts(bin_counts(cur, edges), ref_counts)
             grid = np.concatenate([ref, cur])
             ks = float(np.max(np.abs(
                 np.searchsorted(ref, grid, side="right") / len(ref)
                 - np.searchsorted(cur, grid, side="right") / len(cur)
             )))
-            scores[name] = (psi, ks)
+            scores[name] = (psi_value, ks)
         self.scores = scores

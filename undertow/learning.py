@@ -422,7 +422,7 @@ class OnlineLearner:
             if served is not None:
                 slot.score_drift.update(signal(served), ev.ts)
         self._event_lags_s.append(now - ev.ts / 1000.0)
-        self.feature_drift.update(x)
+        self.feature_drift.update(x, ev.ts)  # event time: the warm-up is measured in it
         join.serve(ev.event_id, ev.key, x, scores, ev.ts, due)
         if due:
             self._settle(due, out)
