@@ -1,0 +1,353 @@
+"""The HTTP gateway (connectors/gateway.py), run as users run it, called with a real HTTP client.
+
+Every gateway here is ``python -m connectors.gateway --stream streams/fraud.toml --port P``, a
+child process on the embedded broker, called with aiohttp's client. The first tests need no
+dataflow: the gateway's own answers (health, bad requests, refused records, the request record
+it writes, timeouts and late replies, matching replies to callers); where a reply is needed, the
+test itself reads the request from the requests topic and writes the reply, as the wire format
+says (docs/requests.md). The last tests run the real dataflow behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from connectors.gateway import ReplyRouter, parse_body
+from harness.kafka import EmbeddedKafka, free_port, read_topic
+from harness.process import ChildProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAUD = "streams/fraud.toml"
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def event(n: int, **over: Any) -> dict[str, Any]:
+    """An event of the fraud stream."""
+    return {"event_id": f"e{n}", "card_id": "c1", "merchant_id": "m1", "amount": 10.0 + n,
+            "channel": "pos", "ts": T0 + 1000 * n, **over}
+
+
+def own_env(**extra: str) -> dict[str, str]:
+    """Our environment without any ``UNDERTOW_`` variable of the caller's, plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("UNDERTOW_")}, **extra}
+
+
+# -- HTTP, with aiohttp's client ---------------------------------------------------------------------
+
+async def acall(session: aiohttp.ClientSession, method: str, url: str,
+                body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (None if body is None else orjson.dumps(body))
+    async with session.request(method, url, data=data,
+                               headers={"Content-Type": "application/json"}) as r:
+        text = await r.text()
+        try:
+            return r.status, json.loads(text)
+        except ValueError:
+            return r.status, text
+
+
+def call(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    """One HTTP request; (status, JSON body, or text if it is not JSON)."""
+    async def go() -> tuple[int, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            return await acall(s, method, url, body, raw)
+    return asyncio.run(go())
+
+
+def metric_value(base: str, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 if absent)."""
+    status, text = call("GET", f"{base}/metrics")
+    assert status == 200
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") or line.startswith(f"{name} "):
+            head, _, value = line.rpartition(" ")
+            got = head[len(name):].strip("{}")
+            if ",".join(sorted(got.split(","))) == want:
+                return float(value)
+    return 0.0
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+# -- the gateway process -----------------------------------------------------------------------------
+
+class Gateway:
+    """One ``python -m connectors.gateway`` child and its base URL."""
+
+    def __init__(self, kafka: EmbeddedKafka, requests: str, replies: str, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.child = ChildProcess(
+            [sys.executable, "-m", "connectors.gateway", "--stream", FRAUD,
+             "--port", str(self.port)],
+            env=own_env(UNDERTOW_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+                        UNDERTOW_REQUESTS_TOPIC=requests, UNDERTOW_REPLIES_TOPIC=replies, **env),
+            cwd=ROOT, name="gateway", stop_timeout=5)
+
+    def start(self, *, ready: bool = True) -> Gateway:
+        self.child.start()
+        self.child.wait_ready(self._listening, timeout=30, what="listening")
+        if ready:
+            self.child.wait_ready(lambda: self._health()[0] == 200, timeout=30, what="healthy")
+        return self
+
+    def _health(self) -> tuple[int, Any]:
+        try:
+            return call("GET", f"{self.base}/healthz")
+        except aiohttp.ClientError:
+            return 0, None
+
+    def _listening(self) -> bool:
+        return self._health()[0] != 0
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(self.base, name, **labels)
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[Gateway]]:
+    """Gateways a test starts; each is stopped by its PID at the end."""
+    started: list[Gateway] = []
+    yield started
+    for g in started:
+        g.child.stop()
+
+
+def read_requests(kafka: EmbeddedKafka, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
+    return [(m.key(), orjson.loads(m.value())) for m in read_topic(kafka.bootstrap_servers, topic)]
+
+
+class Responder:
+    """Stands in for the dataflow's reply step: reads every request and replies on its
+    ``reply_to`` with the record's id and fields echoed, shuffling each batch so that replies
+    come back in another order than their requests."""
+
+    def __init__(self, kafka: EmbeddedKafka, requests: str, partitions: int) -> None:
+        self._consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
+                                   "group.id": "unused", "fetch.wait.max.ms": 10})
+        self._consumer.assign([TopicPartition(requests, p, 0) for p in range(partitions)])
+        self._producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                                   "linger.ms": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.seen = 0
+
+    def __enter__(self) -> Responder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        rng = random.Random(7)
+        while not self._stop.is_set():
+            msgs = [m for m in self._consumer.consume(100, 0.05) if m.error() is None]
+            rng.shuffle(msgs)
+            for m in msgs:
+                req = orjson.loads(m.value())
+                self.seen += 1
+                reply = {"correlation_id": req["correlation_id"], "ok": True, "stream": "fraud",
+                         "event_id": req["event"]["event_id"], "echo": req["event"]}
+                self._producer.produce(req["reply_to"], orjson.dumps(reply), m.key())
+            self._producer.flush(5)
+
+
+# -- the pure parts ----------------------------------------------------------------------------------
+
+def test_router_owns_only_its_own_prefix_and_counts_a_late_reply_once():
+    async def go() -> None:
+        router = ReplyRouter("gw1", late_memory=2)
+        assert router.owns("gw1-5") and not router.owns("gw10-5") and not router.owns("gw1")
+        a, fa = router.open()
+        b, _ = router.open()
+        c, _ = router.open()
+        d, _ = router.open()
+        assert (a, b, c, d) == ("gw1-1", "gw1-2", "gw1-3", "gw1-4") and router.pending == 4
+        assert router.deliver(a, {"ok": True, "n": 1}) == "answered"
+        assert await fa == {"ok": True, "n": 1}
+        assert router.deliver(a, {"ok": True, "n": 2}) == "unknown"  # a duplicate: dropped
+        for cid in (b, c, d):
+            router.give_up(cid)
+        assert router.pending == 0
+        # Only the two newest given-up ids are remembered (the memory has an end).
+        assert [router.deliver(x, {}) for x in (b, c, d, d)] == ["unknown", "late", "late",
+                                                                 "unknown"]
+        assert router.late == 2
+    asyncio.run(go())
+
+
+def test_parse_body_refuses_what_is_not_an_object_or_a_list_of_objects():
+    assert parse_body(b"[]", 3) == ([], True)
+    assert parse_body(b'"x"', 3) == "the body is not a JSON object or a list of objects"
+    assert parse_body(b"", 3) == "the body is not JSON"
+    assert parse_body(b'[{}, {}, {}]', 3) == ([{}, {}, {}], True)
+
+
+# -- start-up ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "env", "line"), [
+    (["--stream", "streams/nope.toml"], {"UNDERTOW_REQUESTS_TOPIC": "r"},
+     "undertow: bad stream file: streams/nope.toml: no such stream file"),
+    (["--stream", FRAUD], {},
+     "undertow: bad setting: UNDERTOW_REQUESTS_TOPIC: the gateway needs the requests topic "
+     "(empty: requests are off)"),
+    (["--stream", FRAUD], {"UNDERTOW_REQUESTS_TOPIC": "r", "UNDERTOW_GATEWAY_TIMEOUT_MS": "0"},
+     "undertow: bad setting: UNDERTOW_GATEWAY_TIMEOUT_MS: Input should be greater than 0 "
+     "(got '0')"),
+])
+def test_a_bad_setting_or_stream_file_is_one_line_and_exit_2(args, env, line):
+    child = ChildProcess([sys.executable, "-m", "connectors.gateway", *args, "--port", "1"],
+                         env=own_env(**env), cwd=ROOT, name="gateway").start()
+    try:
+        assert child.wait(30) == 2
+        assert child.log_tail().splitlines() == [line]
+    finally:
+        child.stop()
+
+
+def test_healthz_is_503_until_both_topics_exist(kafka: EmbeddedKafka, gateways):
+    suffix = os.urandom(4).hex()
+    requests, replies = f"requests-hz-{suffix}", f"replies-hz-{suffix}"
+    g = Gateway(kafka, requests, replies)
+    gateways.append(g.start(ready=False))
+    wait_until(lambda: g._health()[1] == {"status": f"waiting for topic {requests!r}"}, 10,
+               "waiting for the requests topic")
+    assert call("POST", f"{g.base}/v1/streams/fraud/predict", event(1)) == (
+        503, {"error": "starting", "detail": f"waiting for topic {requests!r}"})
+    kafka.create_topics([requests])
+    wait_until(lambda: g._health() == (503, {"status": f"waiting for topic {replies!r}"}), 10,
+               "waiting for the replies topic")
+    kafka.create_topics([replies], partitions=2)
+    wait_until(lambda: g._health() == (200, {"status": "ok"}), 10, "healthy")
+
+
+# -- the gateway's own answers -----------------------------------------------------------------------
+
+def test_bad_requests_and_refused_records_never_reach_kafka(kafka: EmbeddedKafka, topics,
+                                                            gateways):
+    t = topics("requests", "replies")
+    g = Gateway(kafka, t["requests"], t["replies"], UNDERTOW_GATEWAY_MAX_BATCH="2")
+    gateways.append(g.start())
+    url = f"{g.base}/v1/streams/fraud/predict"
+    assert call("POST", f"{g.base}/v1/streams/clicks/predict", event(1)) == (404, {
+        "error": "unknown_stream", "detail": "this gateway serves stream 'fraud', not 'clicks'"})
+    assert call("GET", f"{g.base}/v1/streams/clicks")[0] == 404
+    bad = {
+        b"{nope": "the body is not JSON",
+        b"42": "the body is not a JSON object or a list of objects",
+        b'[{"a": 1}, 2]': "item 1 of the list is not a JSON object",
+        b"[{}, {}, {}]": "a list of 3 records is longer than UNDERTOW_GATEWAY_MAX_BATCH (2)",
+    }
+    for raw, detail in bad.items():
+        assert call("POST", url, raw=raw) == (400, {"error": "bad_request", "detail": detail})
+    assert call("POST", f"{url}?timeout_ms=soon", event(1)) == (400, {
+        "error": "bad_request", "detail": "timeout_ms must be an integer from 1 to 600000, "
+                                          "got 'soon'"})
+    record = event(1)
+    del record["amount"]
+    assert call("POST", url, record) == (422, {"error": "missing_field",
+                                               "detail": "field 'amount' is missing"})
+    assert call("POST", url, event(2, amount=-1)) == (422, {
+        "error": "below_min", "detail": "field 'amount' must be >= 0, got -1"})
+    assert call("POST", url, [event(3, channel="fax"), record]) == (200, [
+        {"error": "unknown_category",
+         "detail": "field 'channel' has unknown value 'fax'"},
+        {"error": "missing_field", "detail": "field 'amount' is missing"}])
+    assert read_requests(kafka, t["requests"]) == []
+    assert g.metric("undertow_gateway_requests_total", stream="fraud", outcome="bad_request") == 7
+    assert g.metric("undertow_gateway_requests_total", stream="fraud", outcome="error") == 2
+    assert g.metric("undertow_gateway_requests_total", stream="fraud", outcome="ok") == 1
+    assert g.metric("undertow_gateway_request_seconds_count", stream="fraud") == 0  # no trip
+
+
+def test_the_request_record_a_timeout_and_its_late_reply(kafka: EmbeddedKafka, topics,
+                                                         gateways):
+    """No dataflow: the request is written as docs/requests.md says, the caller gets 504 at its
+    deadline, and the reply the test then writes is dropped and counted as late."""
+    t = topics("requests", "replies", partitions=2)
+    g = Gateway(kafka, t["requests"], t["replies"])
+    gateways.append(g.start())
+    for name in ("undertow_gateway_late_replies_total", "undertow_gateway_in_flight"):
+        assert f"{name}{{stream=\"fraud\"}} 0.0" in call("GET", f"{g.base}/metrics")[1]
+    before = time.time() * 1000
+    started = time.monotonic()
+    status, body = call("POST", f"{g.base}/v1/streams/fraud/predict?timeout_ms=300", event(1))
+    waited = time.monotonic() - started
+    assert (status, body) == (504, {"error": "timeout"})
+    assert 0.3 <= waited < 2.0
+    [(key, req)] = read_requests(kafka, t["requests"])
+    cid = key.decode()
+    assert req["correlation_id"] == cid and cid.startswith("gw") and cid.endswith("-1")
+    assert (req["kind"], req["event"], req["reply_to"]) == ("predict", event(1), t["replies"])
+    assert before + 300 <= req["deadline_ms"] <= time.time() * 1000 + 300
+    assert g.metric("undertow_gateway_in_flight", stream="fraud") == 0
+    p = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    late = {"correlation_id": cid, "ok": True, "event_id": "e1", "score": 0.5}
+    other = {**late, "correlation_id": "gwsomeoneelse-1"}
+    p.produce(t["replies"], orjson.dumps(other), b"gwsomeoneelse-1")
+    p.produce(t["replies"], orjson.dumps(late), key)
+    p.produce(t["replies"], orjson.dumps(late), key)  # a duplicate: not late twice
+    assert p.flush(10) == 0
+    wait_until(lambda: g.metric("undertow_gateway_late_replies_total", stream="fraud") == 1, 10,
+               "the late reply counted")
+    time.sleep(0.3)
+    assert g.metric("undertow_gateway_late_replies_total", stream="fraud") == 1
+    assert g.metric("undertow_gateway_requests_total", stream="fraud", outcome="timeout") == 1
+    assert g.metric("undertow_gateway_request_seconds_count", stream="fraud") == 1
+
+
+def test_two_copies_on_one_replies_topic_each_get_their_own_answers(kafka: EmbeddedKafka,
+                                                                    topics, gateways):
+    t = topics("requests", "replies", partitions=2)
+    gws = [Gateway(kafka, t["requests"], t["replies"]) for _ in range(2)]
+    for g in gws:
+        gateways.append(g.start())
+
+    async def go() -> list[list[tuple[int, Any]]]:
+        async with aiohttp.ClientSession() as s:
+            singles = [acall(s, "POST", f"{gws[i % 2].base}/v1/streams/fraud/predict",
+                             event(i, card_id=f"c{i % 5}")) for i in range(40)]
+            lists = [acall(s, "POST", f"{g.base}/v1/streams/fraud/predict",
+                           [event(100 * (k + 1) + j) for j in range(5)])
+                     for k, g in enumerate(gws)]
+            return [await asyncio.gather(*singles), await asyncio.gather(*lists)]
+
+    with Responder(kafka, t["requests"], 2) as responder:
+        singles, lists = asyncio.run(go())
+    for i, (status, body) in enumerate(singles):
+        assert status == 200
+        assert body == {"stream": "fraud", "event_id": f"e{i}",
+                        "echo": event(i, card_id=f"c{i % 5}")}
+    for k, (status, body) in enumerate(lists):
+        assert status == 200
+        assert [b["event_id"] for b in body] == [f"e{100 * (k + 1) + j}" for j in range(5)]
+    assert responder.seen == 50
+    # Each copy saw the other's 25 replies and dropped them: none is late, none in flight.
+    for g in gws:
+        assert g.metric("undertow_gateway_late_replies_total", stream="fraud") == 0
+        assert g.metric("undertow_gateway_in_flight", stream="fraud") == 0
+        assert g.metric("undertow_gateway_requests_total", stream="fraud", outcome="ok") == 21
