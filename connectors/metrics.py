@@ -165,6 +165,13 @@ SINK_OVERSIZED = Counter(
     "(action truncated: dead letters) or not written (action dropped: other outputs).",
     ["step", "action"],
 )
+KAFKA_ERRORS = Counter(
+    "undertow_kafka_errors",
+    "Kafka faults with an answer (docs/broker.md, Faults), by kind: unreachable, refused (TLS or "
+    "SASL), bad_option, data_loss (an offset the broker no longer has), brokers_down (an outage "
+    "began), not_delivered (a sink's records timed out); topic is empty at start-up.",
+    ["kind", "topic"],
+)
 ENTITIES_EVICTED = Counter(
     "undertow_feature_entities_evicted", "Idle entities dropped from window state.", ["step"]
 )
@@ -331,4 +338,17 @@ WINDOW_MISSES = Counter(
     "undertow_feature_window_misses",
     "Records not added to a tumbling/hopping window that had already closed (a path that "
     "started after the others).", ["step"],
+)
+
+# -- requests (docs/requests.md) ------------------------------------------------------------------
+REQUESTS_READ = Counter(
+    "undertow_requests", "Requests answered, by kind (predict, describe) and outcome (ok, or "
+    "the error's reason: expired, bad_request, missing_field, late_event, ...).",
+    ["kind", "outcome"],
+)
+REQUEST_LATENCY = BatchHistogram(
+    "undertow_request_latency_seconds",
+    "Wall time from reading a request to writing its reply.",
+    ["kind"],
+    LATENCY_BUCKETS,
 )

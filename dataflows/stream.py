@@ -10,10 +10,14 @@ target, the features and the models. The graph, the operators and the settings
                 └─ errs ─► dead letters      └─ late ─► dead letters     ▼
     labels ─► decode ──────────────────────────────────────────► serve and learn ─► predictions
                 └─ errs ─► dead letters ◄──── unusable labels ───────┘  │ └──► shadow predictions
-    control ─► decode ───────────────────────────────────────────────────┘
+    control ─► decode ───────────────────────────────────────────────────┤
+    requests ─► decode ─► (with the events, read-only) ─► features ──────┘ ─► replies
+                 └─ errs ─► dead letters, error replies
 
 The model step serves the champion (the stream's first model, or ``UNDERTOW_MODEL``) and scores
-the challengers (its other models, or ``UNDERTOW_CHALLENGERS``) in shadow. Where the records come
+the challengers (its other models, or ``UNDERTOW_CHALLENGERS``) in shadow. Requests
+(``UNDERTOW_REQUESTS_TOPIC``, docs/requests.md) read the same entity state and the same champion
+and change neither: they are answered on the replies topic. Where the records come
 from and go to are objects: :class:`LiveInputs` (Kafka, or given Bytewax sources) or
 :class:`ReplayInputs` (one merged, time-ordered input: the model step runs in ordered mode, which
 is how backtests run the live code), and :class:`Outputs`. Importing this module builds nothing:
@@ -44,6 +48,7 @@ from connectors.checkpoint import (
 from connectors.kafka import (
     KafkaRecord,
     dead_letter_sink,
+    install_fault_hook,
     kafka_source,
     partition_count,
     prediction_sink,
@@ -51,7 +56,8 @@ from connectors.kafka import (
     window_sink,
 )
 from connectors.settings import ConfigError, Settings, load_settings, parse_challengers
-from operators.decode import decode_controls, decode_events, decode_labels
+from connectors.replies import reply_sink
+from operators.decode import decode_controls, decode_events, decode_labels, decode_requests
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
 from undertow.drift import FeatureDrift
@@ -60,6 +66,7 @@ from undertow.errors import StreamError
 from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
 from undertow.schema import DeadLetter, Event
+from undertow.features.state import spec_names
 from undertow.stream import Stream as StreamFile
 from undertow.targets import Target, target
 from undertow.stream import load_stream
@@ -152,6 +159,7 @@ def make_learner(
             # warm: once every feature window has filled, and after UNDERTOW_DRIFT_WARMUP_EVENTS
             warmup_ms=max((f.window_ms for f in stream.features.rolling), default=0),
             warmup_events=settings.drift_warmup_events,
+            reference_stride=settings.drift_reference_stride,
         ),
         wall_clock=None if replay else time.time,
         ensemble=ensemble,
@@ -227,6 +235,13 @@ def model_loader(s: Settings) -> Callable[[str], tuple[object, int | None]]:
     return load
 
 
+def own_topics(s: Settings) -> tuple[str, ...]:
+    """The dataflow's own topics: a request may not name one as its ``reply_to``."""
+    return tuple(t for t in (s.events_topic, s.labels_topic, s.predictions_topic,
+                             s.deadletter_topic, s.control_topic, s.shadow_topic,
+                             s.features_topic, s.requests_topic) if t)
+
+
 def featurize(
     events: Stream[Event], s: Settings, stream: StreamFile, *,
     partitions: Callable[[], int | None] | None = None,
@@ -256,18 +271,20 @@ def checkpointer(s: Settings, stream: StreamFile, *, replay: bool) -> Checkpoint
 
 @dataclass(frozen=True)
 class RawInputs:
-    """The undecoded records of one dataflow; ``control`` is None without a control topic."""
+    """The undecoded records of one dataflow; ``control`` is None without a control topic and
+    ``requests`` without a requests topic."""
 
     events: Stream[KafkaRecord]
     labels: Stream[KafkaRecord]
     control: Stream[KafkaRecord] | None
+    requests: Stream[KafkaRecord] | None = None
 
 
 @dataclass
 class LiveInputs:
-    """The live inputs: each of ``events``, ``labels``, ``control`` from the given Bytewax source
-    (tests) or else from its Kafka topic (``control`` only when ``UNDERTOW_CONTROL_TOPIC`` is
-    set). Watermarks wait for every partition of a Kafka topic, asked of the broker at run time
+    """The live inputs: each of ``events``, ``labels``, ``control``, ``requests`` from the given
+    Bytewax source (tests) or else from its Kafka topic (``control`` only when
+    ``UNDERTOW_CONTROL_TOPIC`` is set, ``requests`` when ``UNDERTOW_REQUESTS_TOPIC`` is). Watermarks wait for every partition of a Kafka topic, asked of the broker at run time
     on the worker (building the graph does no I/O); a given source's partitions are not known."""
 
     sources: dict[str, Any] = field(default_factory=dict)
@@ -277,10 +294,13 @@ class LiveInputs:
         def inp(name: str, topic: str) -> Stream[KafkaRecord]:
             return op.input(name, flow, self.sources.get(name) or kafka_source(s, topic))
 
-        control = None
+        control = requests = None
         if "control" in self.sources or s.control_topic:
             control = inp("control", s.control_topic)
-        return RawInputs(inp("events", s.events_topic), inp("labels", s.labels_topic), control)
+        if "requests" in self.sources or s.requests_topic:
+            requests = inp("requests", s.requests_topic)
+        return RawInputs(inp("events", s.events_topic), inp("labels", s.labels_topic), control,
+                         requests)
 
     def partitions(self, s: Settings, name: str) -> int | None:
         """How many partitions input ``name`` has (None: not known; wait for none)."""
@@ -308,14 +328,16 @@ class ReplayInputs:
 
 
 #: The outputs of the graph; the first two always exist.
-OUTPUT_NAMES = ("predictions", "deadletter", "shadow", "features", "outcomes", "summaries")
+OUTPUT_NAMES = ("predictions", "deadletter", "shadow", "features", "outcomes", "summaries",
+                "replies")
 
 
 @dataclass
 class Outputs:
     """Where each output goes: the given Bytewax sink, or else (with ``kafka``) its topic:
     predictions and dead letters always, the challengers' shadow predictions and closed windows
-    when ``UNDERTOW_SHADOW_TOPIC`` / ``UNDERTOW_FEATURES_TOPIC`` are set. ``outcomes`` and
+    when ``UNDERTOW_SHADOW_TOPIC`` / ``UNDERTOW_FEATURES_TOPIC`` are set, replies to requests
+    when there are requests (:mod:`connectors.replies`). ``outcomes`` and
     ``summaries`` (learned labels and end-of-input model summaries, for reports) are written only
     to given sinks."""
 
@@ -340,6 +362,8 @@ class Outputs:
             return shadow_sink(s)
         if name == "features" and s.features_topic:
             return window_sink(s)
+        if name == "replies":
+            return reply_sink(s)
         return None
 
 
@@ -390,7 +414,20 @@ def build_flow(
     labels = decode_labels("decode_labels", raw.labels, schema=stream.labels,
                            max_record_bytes=s.max_record_bytes)
 
-    features = featurize(events.oks, s, stream, partitions=lambda: inputs.partitions(s, "events"))
+    reply_extra = {"stream": stream.name}
+    requests = None
+    if raw.requests is not None:
+        requests = decode_requests(
+            "decode_requests", raw.requests, schema=stream.events,
+            own_topics=own_topics(s), max_record_bytes=s.max_record_bytes,
+            reply_extra=reply_extra)
+        # A request travels with the events through the feature steps (it reads the same
+        # entity state, as of its time, and changes none of it) to the model step, which answers.
+        to_featurize = op.merge("events_and_requests", events.oks, requests.featured)
+    else:
+        to_featurize = events.oks
+    features = featurize(to_featurize, s, stream,
+                         partitions=lambda: inputs.partitions(s, "events"))
 
     def learner_at_run_time() -> OnlineLearner:
         return make_learner(
@@ -405,6 +442,9 @@ def build_flow(
         make_learner=learner_at_run_time, controls=controls, gaps=gaps, ordered=ordered,
         load_model=model_loader(s) if s.model_dir else None,
         after_batch=checkpointer(s, stream, replay=ordered),
+        requests=requests.describes if requests is not None else None,
+        reply_extra=reply_extra,
+        describe_extra={"features": list(spec_names(stream.features))},
     )
 
     streams = {"predictions": served.predictions, "shadow": served.shadow,
@@ -417,6 +457,10 @@ def build_flow(
     dead_streams = [events.errs, labels.errs, features.late, served.errs]
     if control_errs is not None:
         dead_streams.append(control_errs)
+    if requests is not None:
+        replies = op.merge("replies", requests.replies, served.replies)
+        op.output("replies_out", replies, outputs.sink("replies", s))
+        dead_streams.append(requests.errs)
     dead = op.flat_map_batch("count_dead_letters", op.merge("dead_letters", *dead_streams),
                              count_dead_letters)
     op.output("deadletter_out", dead, outputs.sink("deadletter", s))
@@ -428,6 +472,7 @@ def build_flow(
 def flow_from_environment(stream_path: str | os.PathLike[str] | None = None) -> Dataflow:
     """The dataflow of the stream file ``stream_path`` (default: ``UNDERTOW_STREAM``) from
     ``UNDERTOW_*``; a bad setting or stream file exits with one line."""
+    install_fault_hook()  # a Kafka fault at run time is one line and a status (docs/broker.md)
     try:
         s = load_settings(dict(os.environ))
         return build_flow(s, stream_of(s, stream_path))

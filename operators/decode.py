@@ -1,4 +1,5 @@
-"""Decode Kafka records into validated events and labels; bad records become dead letters.
+"""Decode Kafka records into validated events, labels, commands and requests; bad records
+become dead letters.
 
 Both operators work on whole batches (``flat_map_batch``): one Python call per batch, one
 wall-clock reading per batch for ``read_at``.
@@ -16,6 +17,7 @@ from bytewax.dataflow import Stream, operator
 
 from connectors import metrics
 from connectors.kafka import KafkaRecord
+from undertow.requests import Reply, Request, decode_request, error_reply
 from undertow.schema import (
     INVALID_RECORD,
     KAFKA_ERROR,
@@ -24,6 +26,7 @@ from undertow.schema import (
     DeadLetter,
     Event,
     EventSchema,
+    FeaturedEvent,
     Label,
     LabelSchema,
     decode_control,
@@ -173,3 +176,66 @@ def decode_controls(
     decoded = op.flat_map_batch("decode", up, decode_batch)
     split = op.branch("split", decoded, lambda x: type(x) is Control)
     return DecodeOut(split.trues, split.falses)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RequestsOut:
+    """Decoded requests: ``predict`` ones to featurize, ``describe`` ones for the model step,
+    replies already known (errors, expired) and the dead letters of malformed requests."""
+
+    featured: Stream[FeaturedEvent]
+    describes: Stream[Request]
+    replies: Stream[Reply]
+    errs: Stream[DeadLetter]
+
+
+@operator
+def decode_requests(
+    step_id: str,
+    up: Stream[KafkaRecord],
+    *,
+    schema: EventSchema,
+    own_topics: tuple[str, ...] = (),
+    max_record_bytes: int | None = None,
+    reply_extra: dict[str, Any] | None = None,
+) -> RequestsOut:
+    """Decode request records (:func:`undertow.requests.decode_request`): a malformed request
+    gets an error reply and, with its raw bytes, a dead letter; an expired one a reply alone."""
+    metrics.declare_reasons(step_id)
+    extra = reply_extra or {}
+    reads = metrics.RECORDS_READ.labels(stream="requests")
+
+    def decode_batch(batch: list[KafkaRecord]) -> list[Any]:
+        now = time.time()
+        now_ms = int(now * 1000)
+        out: list[Any] = []
+        for m in batch:
+            if m.error is not None:
+                out.append(_kafka_error(step_id, m))
+                continue
+            if max_record_bytes is not None and m.value is not None \
+                    and len(m.value) > max_record_bytes:
+                dead = _too_large(step_id, m, max_record_bytes)
+                if m.key:
+                    out.append(error_reply(m.key.decode("utf-8", "replace"), None, TOO_LARGE,
+                                           dead.detail, now, **extra))
+                out.append(dead)
+                continue
+            try:
+                out.extend(decode_request(
+                    m.value, schema, own_topics=own_topics, read_at=now, now_ms=now_ms,
+                    key=m.key, topic=m.topic, partition=m.partition, offset=m.offset,
+                    step=step_id, **extra))
+            except Exception as ex:  # no input may crash the dataflow: unforeseen -> dead letter
+                out.append(DeadLetter.of_bytes(
+                    INVALID_RECORD, f"{type(ex).__name__}: {ex}"[:500], m.value, key=m.key,
+                    topic=m.topic, partition=m.partition, offset=m.offset, step=step_id))
+        reads.inc(len(batch))
+        return out
+
+    decoded = op.flat_map_batch("decode", up, decode_batch)
+    featured = op.branch("split_featured", decoded, lambda x: type(x) is FeaturedEvent)
+    describes = op.branch("split_describes", featured.falses, lambda x: type(x) is Request)
+    replies = op.branch("split_replies", describes.falses, lambda x: type(x) is Reply)
+    return RequestsOut(featured.trues, describes.trues,  # type: ignore[arg-type]
+                       replies.trues, replies.falses)  # type: ignore[arg-type]

@@ -89,6 +89,9 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         newest = max(self.state.wm.newest.values(), default=None) if skew is not None else None
         for fe in values:
             ev = fe.event
+            if fe.request is not None:
+                out.append(self._request(fe, newest))
+                continue
             if skew is not None:
                 # The shard's clock (its newest time, or the wall clock when the record was read
                 # if that is later: a stream that pauses longer than the skew resumes) bounds how
@@ -122,6 +125,36 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         out.extend(windows)
         self._report(len(windows))
         return out, StatefulBatchLogic.RETAIN
+
+    def _request(self, fe: FeaturedEvent, newest: int | None) -> FeaturedEvent:
+        """A request with this step's features as of its time, the state untouched; or with the
+        error that stops it being scored (late, too far ahead, a record the features cannot
+        use), which the model step answers."""
+        req = fe.request
+        if req.error is not None:
+            return fe
+        ev = fe.event
+        skew = self.max_future_skew_ms
+        error = None
+        if skew is not None:
+            clock = max(newest or 0, int(ev.read_at * 1000))
+            if clock and ev.ts > clock + skew:
+                error = (FUTURE_EVENT, f"event time {ev.ts} is more than {skew} ms ahead of the "
+                         f"clock {clock} at step {self.step_id!r} (UNDERTOW_MAX_FUTURE_SKEW_S)")
+        if error is None:
+            try:
+                feats = self.state.peek(ev.fields, ev.ts)
+            except Exception as ex:
+                feats, error = None, (INVALID_RECORD, f"{type(ex).__name__}: {ex}"[:500])
+            else:
+                if feats is None:
+                    error = (LATE_EVENT, f"event time {ev.ts} is older than the watermark minus "
+                             f"the allowed lateness at step {self.step_id!r}")
+        if error is not None:
+            return FeaturedEvent(ev, fe.features, self.via, req._replace(error=error))
+        merged = dict(fe.features)
+        merged.update(feats)  # type: ignore[arg-type]
+        return FeaturedEvent(ev, merged, self.via, req)
 
     def on_eof(self) -> tuple[list[Any], bool]:
         windows: list[WindowAggregate] = []
@@ -232,7 +265,9 @@ def spec_features(
     [{'n_10m': 1, 'sum_10m': 10.0}, {'n_10m': 2, 'sum_10m': 30.0}]
     """
     lateness = spec.allowed_lateness_ms if allowed_lateness_ms is None else allowed_lateness_ms
-    featured = op.map("start", up, lambda ev: FeaturedEvent(ev, {}))
+    # Requests come as featured events already (with their request, and no features yet).
+    featured = op.map("start", up,
+                      lambda ev: ev if type(ev) is FeaturedEvent else FeaturedEvent(ev, {}))
     windows: list[Stream[WindowAggregate]] = []
     late: list[Stream[DeadLetter]] = []
     for i, group in enumerate(spec.groups()):
@@ -250,7 +285,17 @@ def spec_features(
     transforms = spec.transforms()
 
     def done(fe: FeaturedEvent) -> FeaturedEvent:
-        return FeaturedEvent(fe.event, finish(spec, fe.features, fe.event.fields, transforms))
+        req = fe.request
+        if req is None:
+            return FeaturedEvent(fe.event, finish(spec, fe.features, fe.event.fields, transforms))
+        if req.error is not None:
+            return fe
+        try:
+            return FeaturedEvent(fe.event, finish(spec, fe.features, fe.event.fields, transforms),
+                                 "", req)
+        except Exception as ex:  # a request is answered, never a crash
+            return fe._replace(request=req._replace(
+                error=(INVALID_RECORD, f"{type(ex).__name__}: {ex}"[:500])))
 
     return FeaturesOut(
         op.map("finish", featured, done),

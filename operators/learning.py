@@ -36,10 +36,12 @@ from undertow.learning import (
     SlotReport,
     StepReport,
 )
+from undertow.requests import Reply, Request, answer, described, error_reply
 from undertow.schema import (
     BAD_CONTROL,
     CONTROL_COMMANDS,
     INVALID_RECORD,
+    MODEL_ERROR,
     Control,
     DeadLetter,
     FeaturedEvent,
@@ -57,13 +59,15 @@ log = logging.getLogger("undertow.model")
 @dataclass(frozen=True)
 class LearnOut:
     """The champion's predictions, the challengers' shadow predictions, the records that could
-    not be used, and (for backtests) outcomes of learned labels and end-of-input summaries."""
+    not be used, (for backtests) outcomes of learned labels and end-of-input summaries, and the
+    replies to requests."""
 
     predictions: Stream[Prediction]
     shadow: Stream[Prediction]
     errs: Stream[DeadLetter]
     outcomes: Stream[Outcome]
     summaries: Stream[ModelSummary]
+    replies: Stream[Reply]
 
 
 @dataclass
@@ -165,8 +169,12 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
         ordered: bool,
         load_model: ModelLoader | None,
         after_batch: Callable[[OnlineLearner], None] | None,
+        reply_extra: dict[str, Any] | None = None,
+        describe_extra: dict[str, Any] | None = None,
     ) -> None:
         self.step_id = step_id
+        self.reply_extra = reply_extra or {}
+        self.describe_extra = describe_extra or {}
         self.state = state
         self.ordered = ordered
         self.load_model = load_model
@@ -215,6 +223,9 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
 
     def _dispatch(self, learner: OnlineLearner, v: Any, out: list[Any]) -> None:
         t = type(v)
+        if t is FeaturedEvent and v.request is not None or t is Request:
+            out.append(self._answer(learner, v))
+            return
         try:
             if t is FeaturedEvent:
                 learner.on_event(v, out)
@@ -229,6 +240,22 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
                 out.append(DeadLetter.of_label(v, INVALID_RECORD, detail, self.step_id))
             log.error("model step %r: record %r failed: %s", self.step_id,
                       v.event.event_id if t is FeaturedEvent else v.event_id, detail)
+
+    def _answer(self, learner: OnlineLearner, v: FeaturedEvent | Request) -> Reply:
+        """The reply to a request: scored by the champion, described, or the error that stopped
+        it; never a pending prediction, never a crash."""
+        extra = self.reply_extra
+        if type(v) is Request:
+            return described(v, {**extra, **learner.describe(), **self.describe_extra})
+        req = v.request
+        if req.error is not None:
+            return error_reply(req.correlation_id, req.reply_to, *req.error, req.read_at,
+                               **extra)
+        try:
+            return answer(req, learner.answer(v), v.features, **extra)
+        except Exception as ex:
+            return error_reply(req.correlation_id, req.reply_to, MODEL_ERROR,
+                               f"{type(ex).__name__}: {ex}"[:500], req.read_at, **extra)
 
     def _control(self, c: Control, out: list[Any]) -> None:
         learner = self.state.learner
@@ -305,7 +332,7 @@ def _record_order(v: Any) -> tuple[int, int, str]:
         return (v.event.ts, 1, v.event.event_id)
     if t is Label:
         return (v.ts, 0, "")
-    return (-1, -1, "")  # commands first: they apply to the batch they came with
+    return (-1, -1, "")  # commands (and describe requests) first: they apply to the batch
 
 
 @operator
@@ -321,9 +348,15 @@ def serve_and_learn(
     ordered: bool = False,
     load_model: ModelLoader | None = None,
     after_batch: Callable[[OnlineLearner], None] | None = None,
+    requests: Stream[Request] | None = None,
+    reply_extra: dict[str, Any] | None = None,
+    describe_extra: dict[str, Any] | None = None,
 ) -> LearnOut:
     """Score every event with the learner's models and learn from each label when it is due.
 
+    Events that carry a request (:mod:`undertow.requests`) are answered on ``replies`` with
+    the champion's prediction, and so are the ``requests`` that need no features (``describe``);
+    ``reply_extra`` goes into every reply, ``describe_extra`` into describe replies.
     ``controls`` are commands for the models; in ``ordered`` mode (replays) records are
     processed in ``seq`` order and ``gaps`` are the dead letters of records that will never
     arrive. ``load_model`` reads a checkpoint for ``swap``; ``after_batch`` runs after every
@@ -361,6 +394,8 @@ def serve_and_learn(
     ]
     if controls is not None:
         keyed.append(op.key_on("key_controls", controls, lambda _: name))
+    if requests is not None:
+        keyed.append(op.key_on("key_requests", requests, lambda _: name))
     if gaps is not None:
         if not ordered:
             raise ValueError(f"serve_and_learn {step_id!r}: gaps are only used in ordered mode")
@@ -376,7 +411,8 @@ def serve_and_learn(
                 f"expected {name!r}"
             )
         return _LearnerLogic(
-            step_id, state, ordered=ordered, load_model=load_model, after_batch=after_batch
+            step_id, state, ordered=ordered, load_model=load_model, after_batch=after_batch,
+            reply_extra=reply_extra, describe_extra=describe_extra,
         )
 
     out = op.key_rm("unkey", op.stateful_batch("learner", merged, build))
@@ -384,10 +420,12 @@ def serve_and_learn(
     served = op.branch("split_served", preds.trues, lambda p: p.served)
     rest = op.branch("split_errs", preds.falses, lambda x: type(x) is DeadLetter)
     outs = op.branch("split_outcomes", rest.falses, lambda x: type(x) is Outcome)
+    ends = op.branch("split_replies", outs.falses, lambda x: type(x) is Reply)
     return LearnOut(
         served.trues,  # type: ignore[arg-type]
         served.falses,  # type: ignore[arg-type]
         rest.trues,  # type: ignore[arg-type]
         outs.trues,  # type: ignore[arg-type]
-        outs.falses,  # type: ignore[arg-type]
+        ends.falses,  # type: ignore[arg-type]
+        ends.trues,  # type: ignore[arg-type]
     )

@@ -427,6 +427,47 @@ class OnlineLearner:
         if due:
             self._settle(due, out)
 
+    def answer(self, fe: FeaturedEvent) -> Prediction:
+        """The champion's prediction for a request's features, as it would serve them now;
+        nothing changes: no pending prediction, no count, no drift, no clock (River models do
+        not learn in ``predict_*``). An ensemble champion combines its components' values."""
+        ev, x = fe.event, fe.features
+        target = self.target
+        slots = self.champions.slots
+        champion = self.champions.champion
+        slot = slots[champion]
+        if champion == self.ensemble:
+            scores = {}
+            for name, s in slots.items():
+                if name != champion:
+                    value = target.serve(s.model, x)
+                    if value is not None:
+                        scores[name] = value
+            served = slot.model.combine(scores)
+        else:
+            served = target.serve(slot.model, x)
+        kind = target.name
+        now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
+        return Prediction(
+            ev.event_id, ev.key, served if kind == "binary" else None,
+            None if served is None else target.decide(served), champion, slot.version,
+            slot.labels_learned, ev.ts, now, ev.read_at, True,
+            served if kind == "multiclass" else None,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The served model and every slot, for a ``describe`` request."""
+        slots = self.champions.slots
+        champion = self.champions.champion
+        return {
+            "model": champion,
+            "model_version": slots[champion].version,
+            "labels_learned": slots[champion].labels_learned,
+            "models": [{"name": s.name, "version": s.version,
+                        "labels_learned": s.labels_learned, "champion": s.name == champion}
+                       for s in slots.values()],
+        }
+
     def on_label(self, label: Label, out: list[Any]) -> None:
         """Apply a label now if its time has come, else hold it until the clock reaches it."""
         self._labels += 1

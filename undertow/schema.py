@@ -143,12 +143,16 @@ class FeaturedEvent(NamedTuple):
 
     ``via`` names the feature-step shard that produced it ("" straight from the source): the
     next feature step keeps one watermark per (source partition, ``via``) path, since records
-    reach it in order along each path but interleaved across paths.
+    reach it in order along each path but interleaved across paths. ``request`` is set for a
+    request: its features are computed as of its time without adding it to the state, and the
+    model step answers it instead of serving it.
     """
 
     event: Event
     features: dict[str, float]
     via: str = ""
+    #: Set for a request (:mod:`undertow.requests`): scored, answered, never added to any state.
+    request: Any = None
 
 
 class Prediction(NamedTuple):
@@ -395,6 +399,18 @@ def _loads(raw: bytes | None) -> dict[str, Any]:
     return obj
 
 
+def json_object(raw: bytes | None) -> dict[str, Any] | tuple[str, str]:
+    """The JSON object ``raw`` holds, or (reason, detail) why it holds none, as for an event.
+
+    >>> json_object(b'{"a": 1}'), json_object(b'[1]')
+    ({'a': 1}, ('not_object', 'expected a JSON object, got list'))
+    """
+    try:
+        return _loads(raw)
+    except _Invalid as ex:
+        return ex.reason, ex.detail
+
+
 def _get(obj: dict[str, Any], name: str) -> Any:
     try:
         return obj[name]
@@ -490,6 +506,30 @@ def decode_event(
     """Decode and validate one event; a bad record becomes a :class:`DeadLetter` value."""
     try:
         obj = _loads(raw)
+    except _Invalid as ex:
+        return DeadLetter(ex.reason, ex.detail, raw, key, topic, partition, offset, step, seq)
+    return event_of(obj, schema, read_at=read_at, raw=raw, key=key, topic=topic,
+                    partition=partition, offset=offset, step=step, seq=seq)
+
+
+def event_of(
+    obj: Any,
+    schema: EventSchema,
+    *,
+    read_at: float = 0.0,
+    raw: bytes | None = None,
+    key: bytes | None = None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    step: str = "",
+    seq: int = -1,
+) -> Event | DeadLetter:
+    """Validate one decoded JSON value as an event of ``schema`` (``raw``: the bytes it came in,
+    kept for a dead letter); a bad one becomes a :class:`DeadLetter` value."""
+    try:
+        if not isinstance(obj, dict):
+            raise _Invalid(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
         event_id = _string(obj, schema.id_field)
         event_key = _string(obj, schema.key_field)
         ts = _epoch_ms(obj, schema.ts_field)

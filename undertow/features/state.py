@@ -193,6 +193,38 @@ class GroupState:
             self._evict(wm - self.lateness - g.longest_ms)
         return feats
 
+    def peek(self, fields: dict[str, Any], ts: int) -> dict[str, float] | None:
+        """The rolling features :meth:`update` would serve a record now, changing nothing (no
+        record kept, no clock moved, no pane, no eviction order); None if it would be late.
+
+        A record is served over the kept records up to its time, and no kept record it would
+        not be served with is read: records before ``ts`` minus a window are outside it, and
+        those :meth:`update` would evict first are before the oldest window of any record that
+        is not late. So the answer equals :meth:`update`'s, without its side effects.
+        """
+        g = self.group
+        wm = self.wm.value
+        horizon = None
+        if wm is not None:
+            closed_upto = wm - self.lateness
+            if ts < closed_upto:
+                return None
+            horizon = closed_upto - g.longest_ms
+        if not g.rolling:
+            return {}
+        key = g.key
+        entity = str(fields[key[0]]) if len(key) == 1 else entity_of(fields, key)
+        hist = self.entities.get(entity)
+        if hist is None or (horizon is not None and ts <= horizon):
+            alone = History(g.fields)
+            alone.insert(ts, fields)
+            return self._rolling(alone, 0, ts, fields)
+        idx = hist.insert(ts, fields)
+        try:
+            return self._rolling(hist, idx, ts, fields)
+        finally:
+            hist.remove(idx)
+
     def flush(self, out_windows: list[WindowAggregate]) -> None:
         """End of a bounded input: emit every open window."""
         self._close(None, out_windows)
@@ -320,6 +352,16 @@ class SpecState:
         feats: dict[str, float] = {}
         for g in self.groups:
             f = g.update(fields, ts, partition, out_w)
+            if f is None:
+                return None
+            feats.update(f)
+        return finish(self.spec, feats, fields, self.transforms)
+
+    def peek(self, fields: dict[str, Any], ts: int) -> dict[str, float] | None:
+        """What :meth:`update` would serve the record now, changing nothing (None: late)."""
+        feats: dict[str, float] = {}
+        for g in self.groups:
+            f = g.peek(fields, ts)
             if f is None:
                 return None
             feats.update(f)
