@@ -351,3 +351,140 @@ def test_two_copies_on_one_replies_topic_each_get_their_own_answers(kafka: Embed
         assert g.metric("undertow_gateway_late_replies_total", stream="fraud") == 0
         assert g.metric("undertow_gateway_in_flight", stream="fraud") == 0
         assert g.metric("undertow_gateway_requests_total", stream="fraud", outcome="ok") == 21
+
+
+# -- behind it, the real dataflow --------------------------------------------------------------------
+
+#: The events loaded before any request: card c1 at two merchants, and another card.
+LOADED = [event(0), event(1, amount=250.0, channel="online"), event(2, merchant_id="m2"),
+          event(3, card_id="c2"), event(4, amount=0.5, channel="atm")]
+
+
+class Live:
+    """The live fraud dataflow and one gateway in front of it, on topics of their own."""
+
+    def __init__(self, kafka: EmbeddedKafka, names: dict[str, str], dataflow: ChildProcess,
+                 gateway: Gateway) -> None:
+        self.kafka, self.names, self.dataflow, self.gateway = kafka, names, dataflow, gateway
+        self.url = f"{gateway.base}/v1/streams/fraud/predict"
+
+
+@pytest.fixture(scope="module")
+def live(kafka: EmbeddedKafka) -> Iterator[Live]:
+    from harness.dataflow import start_dataflow
+    from harness.kafka import end_offsets
+
+    suffix = os.urandom(4).hex()
+    names = {n: f"{n}-gw-{suffix}" for n in ("events", "labels", "predictions", "deadletter",
+                                             "requests", "replies")}
+    kafka.create_topics({t: 1 if n in ("predictions", "deadletter") else 2
+                         for n, t in names.items()})
+    env = own_env(UNDERTOW_KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+                  UNDERTOW_STREAM=FRAUD,
+                  **{f"UNDERTOW_{n.upper()}_TOPIC": t for n, t in names.items()})
+    dataflow = start_dataflow("dataflows.stream:flow", env=env)
+    gateway = Gateway(kafka, names["requests"], names["replies"])
+    try:
+        p = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+        for e in LOADED:
+            p.produce(names["events"], orjson.dumps(e), e["card_id"].encode())
+        assert p.flush(10) == 0
+        dataflow.wait_ready(
+            lambda: sum(end_offsets(kafka.bootstrap_servers, names["predictions"]).values())
+            == len(LOADED), timeout=60, what="the loaded events' predictions")
+        gateway.start()
+        yield Live(kafka, names, dataflow, gateway)
+    finally:
+        gateway.child.stop()
+        dataflow.stop()
+
+
+def oracle_features(loaded: list[dict[str, Any]], request: dict[str, Any]) -> dict[str, float]:
+    """The request's features recomputed from the records alone: the stream's feature state
+    over the loaded events, then the request (what an event with its fields would be served)."""
+    from undertow.features.state import SpecState
+    from undertow.stream import load_stream
+
+    state = SpecState(load_stream(ROOT / FRAUD).features)
+    for e in loaded:
+        assert state.update(e, e["ts"]) is not None
+    feats = state.update(request, request["ts"])
+    assert feats is not None
+    return feats
+
+
+def test_one_record_is_answered_with_the_live_entity_features(live: Live):
+    request = event(5, amount=42.0, channel="online")
+    status, body = call("POST", live.url, request)
+    assert status == 200, body
+    assert sorted(body) == ["event_id", "event_ts", "features", "key", "labels_learned",
+                            "model", "model_version", "predicted", "processed_at", "score",
+                            "stream"]
+    assert (body["stream"], body["event_id"], body["key"], body["event_ts"]) == (
+        "fraud", "e5", "c1", request["ts"])
+    assert (body["model"], body["model_version"], body["labels_learned"]) == ("fraud", 1, 0)
+    # A model that has learned nothing scores 0.5 (the cold-start rule), not a positive.
+    assert (body["score"], body["predicted"]) == (0.5, False)
+    assert body["features"] == oracle_features(LOADED, request)
+    # The request added nothing to the state: asked again, the same features.
+    assert call("POST", live.url, request)[1]["features"] == body["features"]
+
+
+def test_a_list_is_answered_in_order_with_refused_items_in_place(live: Live):
+    records = [event(6, card_id="c2"), event(7, amount=-3.0), event(8, amount=9.0)]
+    status, body = call("POST", live.url, records)
+    assert status == 200, body
+    assert [b.get("event_id") for b in body] == ["e6", None, "e8"]
+    assert body[1] == {"error": "below_min", "detail": "field 'amount' must be >= 0, got -3.0"}
+    assert body[0]["features"] == oracle_features(LOADED, records[0])
+    assert body[2]["features"] == oracle_features(LOADED, records[2])
+
+
+def test_the_stream_resource_gives_the_model_and_its_version(live: Live):
+    status, body = call("GET", f"{live.gateway.base}/v1/streams/fraud")
+    assert status == 200, body
+    assert (body["stream"], body["model"], body["model_version"], body["labels_learned"]) == (
+        "fraud", "fraud", 1, 0)
+    assert body["models"] == [{"name": "fraud", "version": 1, "labels_learned": 0,
+                               "champion": True}]
+    from undertow.features.state import spec_names
+    from undertow.stream import load_stream
+    assert body["features"] == list(spec_names(load_stream(ROOT / FRAUD).features))
+
+
+def test_two_copies_in_front_of_the_dataflow_each_get_their_own(live: Live, gateways):
+    second = Gateway(live.kafka, live.names["requests"], live.names["replies"])
+    gateways.append(second.start())
+    urls = [live.url, f"{second.base}/v1/streams/fraud/predict"]
+
+    async def go() -> list[tuple[int, Any]]:
+        async with aiohttp.ClientSession() as s:
+            return await asyncio.gather(*(
+                acall(s, "POST", urls[i % 2], event(20 + i, card_id=f"c{i % 3}"))
+                for i in range(12)))
+
+    for i, (status, body) in enumerate(asyncio.run(go())):
+        assert status == 200, body
+        assert (body["event_id"], body["key"]) == (f"e{20 + i}", f"c{i % 3}")
+    assert second.metric("undertow_gateway_requests_total", stream="fraud", outcome="ok") == 6
+
+
+def test_a_stopped_dataflow_is_a_timeout_and_its_late_answer_is_counted(live: Live):
+    import signal
+
+    g = live.gateway
+    late_before = g.metric("undertow_gateway_late_replies_total", stream="fraud")
+    os.kill(live.dataflow.pid, signal.SIGSTOP)
+    try:
+        status, body = call("POST", f"{live.url}?timeout_ms=300", event(9))
+    finally:
+        os.kill(live.dataflow.pid, signal.SIGCONT)
+    assert (status, body) == (504, {"error": "timeout"})
+    wait_until(lambda: g.metric("undertow_gateway_late_replies_total", stream="fraud")
+               == late_before + 1, 20, "the late reply counted")
+    # The dataflow answered the stale request 'expired' instead of scoring it.
+    replies = [orjson.loads(m.value())
+               for m in read_topic(live.kafka.bootstrap_servers, live.names["replies"])]
+    [stale] = [r for r in replies if r.get("event_id") == "e9" or r.get("error") == "expired"]
+    assert (stale["ok"], stale["error"]) == (False, "expired")
+    assert call("POST", live.url, event(10))[0] == 200  # and it serves again
