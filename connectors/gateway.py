@@ -515,8 +515,13 @@ class Gateway:
               flush=True)
         prefix = self.router.prefix.encode()
         while not self._stop.is_set():
+            # consume() waits its whole timeout unless the batch fills: block on poll() for the
+            # first reply only, then take what else is buffered without waiting.
+            first = self._consumer.poll(0.05)
+            if first is None:
+                continue
             batch = []
-            for msg in self._consumer.consume(500, 0.05):
+            for msg in [first, *self._consumer.consume(500, 0)]:
                 if msg.error() is not None:
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         print(f"gateway {self.copy_id}: reading replies: {msg.error()}",
