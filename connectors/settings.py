@@ -78,6 +78,8 @@ class Settings(BaseModel):
     #: Events served before the data-drift reference starts, at the least; it also waits for
     #: the stream's longest feature window of event time (docs/metrics.md, Drift).
     drift_warmup_events: int = Field(0, ge=0)
+    #: Both data-drift windows keep every n-th vector (they span their size * n vectors).
+    drift_stride: int = Field(5, gt=0)
     #: Challengers scored in shadow on the same events, learning from the same labels:
     #: "name=model,name=model" with the models of UNDERTOW_MODEL; empty = the stream file's
     #: other models (set, it replaces them).

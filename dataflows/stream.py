@@ -159,7 +159,7 @@ def make_learner(
             # warm: once every feature window has filled, and after UNDERTOW_DRIFT_WARMUP_EVENTS
             warmup_ms=max((f.window_ms for f in stream.features.rolling), default=0),
             warmup_events=settings.drift_warmup_events,
-            reference_stride=settings.drift_reference_stride,
+            stride=settings.drift_stride,
         ),
         wall_clock=None if replay else time.time,
         ensemble=ensemble,
