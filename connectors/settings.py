@@ -51,6 +51,10 @@ class Settings(BaseModel):
     #: Where a new dataflow starts reading: "earliest" or "latest". Recovery resumes regardless.
     start_from: Literal["earliest", "latest"] = "earliest"
     source_batch_size: int = Field(1000, gt=0)
+    #: What a source does when the broker no longer has the offset it reads next (the broker
+    #: lost the topic, or retention deleted it): "fail" (exit status 5, the default: nothing is
+    #: skipped or re-read unnoticed), "earliest" or "latest" (read on; docs/broker.md, Faults).
+    on_data_loss: Literal["fail", "earliest", "latest"] = "fail"
 
     #: The served model (the champion): a River expression such as
     #: "preprocessing.StandardScaler() | linear_model.LogisticRegression(l2=0.001)",
