@@ -3,6 +3,8 @@ the section and the field; once a file passes, no event can crash the feature st
 
 from __future__ import annotations
 
+import re
+
 import json
 import subprocess
 import sys
@@ -109,6 +111,26 @@ def test_the_label_ttl_is_the_stream_files(tmp_path):
     with pytest.raises(StreamError, match=r"\[labels\] ttl: 'soon' is not a duration"):
         load_stream(write(tmp_path, PAYMENTS.replace('target = "binary"',
                                                      'target = "binary"\nttl = "soon"')))
+
+
+def test_the_requests_topics_are_the_stream_files_unless_the_variables_are_set(tmp_path):
+    from connectors.replies import with_stream_topics
+    from connectors.settings import load_settings
+
+    text = PAYMENTS + '\n[requests]\ntopic = "pay-requests"\nreplies = "pay-replies"\n'
+    s = load_stream(write(tmp_path, text))
+    assert (s.requests_topic, s.replies_topic) == ("pay-requests", "pay-replies")
+    got = with_stream_topics(load_settings({}), s)
+    assert (got.requests_topic, got.replies_topic) == ("pay-requests", "pay-replies")
+    got = with_stream_topics(load_settings({"UNDERTOW_REQUESTS_TOPIC": "mine"}), s)
+    assert (got.requests_topic, got.replies_topic) == ("mine", "pay-replies")
+    assert load_stream(write(tmp_path, PAYMENTS)).requests_topic == ""
+    for bad, message in (('topic = "a b"', "[requests] topic: must be a Kafka topic name, got "
+                                           "'a b'"),
+                         ('topik = "x"', "[requests] topik: unknown key; expected one of "
+                                         "['topic', 'replies']")):
+        with pytest.raises(StreamError, match=re.escape(message)):
+            load_stream(write(tmp_path, PAYMENTS + f"\n[requests]\n{bad}\n"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)

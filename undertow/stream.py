@@ -24,6 +24,9 @@ features (the sections of :mod:`undertow.features`)::
     model = "preprocessing.StandardScaler() | linear_model.LogisticRegression()"
     [ensemble]                 # optional: the models' predictions combined into the one served
     method = "mean"            # mean | weighted | vote | stack (see undertow.ensemble)
+    [requests]                 # optional: records to score and answer, never to learn from
+    topic = "payments-requests"  # (UNDERTOW_REQUESTS_TOPIC overrides it; docs/requests.md)
+    replies = "payments-replies" # (UNDERTOW_REPLIES_TOPIC; default "replies")
     # then the feature sections: [[rolling]], [[windowed]], [[passthrough]], [[onehot]]
 
 :func:`load_stream` checks all of it at once and raises :class:`~undertow.errors.StreamError`
@@ -65,7 +68,7 @@ from undertow.models import check_model
 from undertow.schema import FIELD_TYPES, TARGETS, EventSchema, FieldRule, LabelSchema
 
 #: The top-level keys of a stream file; the feature sections are :mod:`undertow.features`'.
-TOP_LEVEL = ("name", "description", "events", "labels", "models", "ensemble",
+TOP_LEVEL = ("name", "description", "events", "labels", "models", "ensemble", "requests",
              "allowed_lateness", "idle", *FEATURE_SECTIONS)
 #: A served prediction waits this long for its label unless ``[labels] ttl`` says otherwise.
 DEFAULT_LABEL_TTL_MS = 86_400_000
@@ -117,6 +120,9 @@ class Stream:
     #: ``[ensemble]``: the models' served values combined into the one served (None: the first
     #: model is served).
     ensemble: EnsembleDecl | None = None
+    #: ``[requests]``: the topic of requests to answer and the default replies topic ("": unset).
+    requests_topic: str = ""
+    replies_topic: str = ""
 
     @property
     def digest(self) -> str:
@@ -128,6 +134,9 @@ class Stream:
         doc["features"].pop("name", None)
         blob = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=_plain)
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 def _plain(o: Any) -> Any:
@@ -192,7 +201,14 @@ def stream_from_dict(doc: dict[str, Any], where: str = "<stream>") -> Stream:
     except SpecError as ex:
         raise fail("", str(ex)) from None
     _check_uses(spec, events, fail)
-    return Stream(name, events, labels, models, spec, where, ttl_ms, ensemble)
+    requests = _table(doc, "requests", fail)
+    for k, v in requests.items():
+        if k not in ("topic", "replies"):
+            raise fail("[requests]", f"{k}: unknown key; expected one of ['topic', 'replies']")
+        if not isinstance(v, str) or not _TOPIC.match(v):
+            raise fail("[requests]", f"{k}: must be a Kafka topic name, got {v!r}")
+    return Stream(name, events, labels, models, spec, where, ttl_ms, ensemble,
+                  requests.get("topic", ""), requests.get("replies", ""))
 
 
 def _table(doc: dict[str, Any], key: str, fail: Any) -> dict[str, Any]:
