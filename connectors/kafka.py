@@ -6,14 +6,24 @@ become values, so they reach the dead-letter topic instead of crashing the dataf
 
 Sinks encode records once and flush once per batch, so a batch is on the broker before Bytewax
 can close the epoch that produced it (at-least-once; keys make duplicates harmless).
+
+Faults with an answer (docs/broker.md, Faults): an unreachable broker, refused TLS or SASL, data
+lost under the consumers' offsets and records a sink cannot deliver each raise a
+:class:`KafkaFault`: one line for the user naming the broker and the setting, an exit status,
+and a count in ``undertow_kafka_errors_total{kind,topic}``. librdkafka's own log lines go to the
+``undertow.librdkafka`` logger at debug level, never to stderr.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
+import sys
 import time
 from collections.abc import Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
 from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -31,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 
 from connectors import metrics, summary
 from connectors.settings import ConfigError, Settings
+from undertow.errors import UndertowError
 from undertow.schema import DeadLetter, Prediction
 
 X = TypeVar("X")
@@ -43,6 +54,207 @@ _CONSUMER_DEFAULTS = {
     # this runs out; Kafka answers as soon as data arrives). Overridable like any option.
     "fetch.wait.max.ms": "20",
 }
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+#: Exit statuses of the faults (2 is a bad setting, as everywhere in undertow).
+EXIT_BAD_SETTING = 2
+EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
+EXIT_DATA_LOSS = 5
+
+#: How long start-up waits for the brokers' first answer before it names the fault.
+CONNECT_TIMEOUT_S = 5.0
+#: librdkafka's ``message.timeout.ms`` for our sinks (librdkafka's own default is 300 s): how
+#: long a record may wait for an unreachable broker before the sink fails; a source fails after
+#: all brokers have been down this long too. ``UNDERTOW_KAFKA_OPT_MESSAGE_TIMEOUT_MS`` sets it.
+MESSAGE_TIMEOUT_MS = 30_000
+
+BOOTSTRAP_SETTING = "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS"
+PROTOCOL_SETTING = "UNDERTOW_KAFKA_OPT_SECURITY_PROTOCOL"
+MECHANISM_SETTING = "UNDERTOW_KAFKA_OPT_SASL_MECHANISM"
+TIMEOUT_SETTING = "UNDERTOW_KAFKA_OPT_MESSAGE_TIMEOUT_MS"
+DATA_LOSS_SETTING = "UNDERTOW_ON_DATA_LOSS"
+
+_LIBRDKAFKA_LOG = logging.getLogger("undertow.librdkafka")
+
+
+class KafkaFault(UndertowError):
+    """A Kafka fault with an answer: ``line`` is what the user reads (one line naming the broker
+    and the setting), ``status`` the exit status, ``kind`` the ``kind`` label of
+    ``undertow_kafka_errors_total`` (counted when the fault is made)."""
+
+    def __init__(self, kind: str, line: str, status: int, topic: str = "") -> None:
+        super().__init__(line)
+        self.kind = kind
+        self.line = line
+        self.status = status
+        metrics.KAFKA_ERRORS.labels(kind=kind, topic=topic).inc()
+
+
+class _DebugLog:
+    """librdkafka's log lines (confluent-kafka's ``logger`` option calls ``log(level, ...)``),
+    re-logged at debug level: a broker that is down is one fault line, not a line every 50 ms."""
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        _LIBRDKAFKA_LOG.debug(msg, *args)
+
+
+def quiet(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with librdkafka's logs sent to the ``undertow.librdkafka`` debug logger."""
+    return {**config, "logger": _DebugLog()}
+
+
+def fault_excepthook(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``sys.excepthook`` that answers an uncaught :class:`KafkaFault` (raised in a source or
+    a sink, then wrapped by Bytewax's runtime errors) with its one line and its exit status;
+    anything else goes to ``previous``. It exits at once (``os._exit``): the clients' threads
+    may still be retrying a broker that is gone, and must not hold the process."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        ex: BaseException | None = value
+        seen: set[int] = set()
+        while ex is not None and id(ex) not in seen:
+            if isinstance(ex, KafkaFault):
+                print(ex.line, file=sys.stderr, flush=True)
+                os._exit(ex.status)
+            seen.add(id(ex))
+            ex = ex.__cause__ or ex.__context__
+        previous(kind, value, tb)
+
+    return hook
+
+
+_ANSWER_IN_PLACE = [False]
+
+
+def install_fault_hook() -> None:
+    """Answer the run's Kafka faults with one line and a status: where they happen (so that
+    Bytewax's worker does not panic with a Rust backtrace on the way out), and in
+    ``sys.excepthook`` for one that escapes (see :func:`fault_excepthook`). For the
+    ``python -m bytewax.run`` process only; in-process runs (``run_main``) get the exception."""
+    _ANSWER_IN_PLACE[0] = True
+    if not getattr(sys.excepthook, "undertow_faults", False):
+        hook = fault_excepthook(sys.excepthook)
+        hook.undertow_faults = True  # type: ignore[attr-defined]
+        sys.excepthook = hook
+
+
+def fail(fault: KafkaFault) -> NoReturn:
+    """Raise ``fault``, or, in a ``bytewax.run`` process with :func:`install_fault_hook`, print
+    its line and exit with its status at once."""
+    if _ANSWER_IN_PLACE[0]:
+        print(fault.line, file=sys.stderr, flush=True)
+        os._exit(fault.status)
+    raise fault
+
+
+def _tcp_probe(address: str) -> str | None:
+    """None if ``host:port`` accepts a TCP connection within a second, else why not."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return f"{address!r} is not host:port"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return None
+    except socket.gaierror:
+        return f"cannot resolve the host {host!r}"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except OSError as ex:
+        return ex.strerror or type(ex).__name__
+
+
+def _short(err: KafkaError) -> str:
+    """librdkafka's error text without its trailing '(after N ms in state X)'."""
+    text = err.str()
+    cut = text.rfind(" (after ")
+    return text[:cut] if cut > 0 else text
+
+
+def _security(config: dict[str, Any]) -> tuple[str, str]:
+    return (str(config.get("security.protocol", "plaintext")).upper(),
+            str(config.get("sasl.mechanism", "GSSAPI")).upper())
+
+
+def bad_option(ex: KafkaException) -> KafkaFault:
+    """librdkafka refused to create a client from the options (a mechanism it was not built
+    with, a misspelt option): a bad setting, status 2."""
+    err = ex.args[0] if ex.args else None
+    text = err.str() if isinstance(err, KafkaError) else str(ex)
+    setting = MECHANISM_SETTING if "SASL" in text else "UNDERTOW_KAFKA_OPT_*"
+    return KafkaFault("bad_option", f"undertow: bad setting: {setting}: librdkafka refused the "
+                      f"options: {text}", EXIT_BAD_SETTING)
+
+
+def _refused(bootstrap: str, config: dict[str, Any], why: str, *, tls: bool = False) -> KafkaFault:
+    protocol, mechanism = _security(config)
+    if "SASL" in protocol and not tls:
+        line = (f"undertow: kafka: the broker at {bootstrap} refused SASL {mechanism} "
+                f"({PROTOCOL_SETTING}={protocol}, {MECHANISM_SETTING}): {why}")
+    else:
+        line = (f"undertow: kafka: the broker at {bootstrap} refused TLS "
+                f"({PROTOCOL_SETTING}={protocol}): {why}")
+    return KafkaFault("refused", line, EXIT_REFUSED)
+
+
+def _unanswered(brokers: list[str], config: dict[str, Any], timeout: float) -> KafkaFault:
+    """The fault when no broker answered in ``timeout`` s: unreachable, or (a port that
+    accepts TCP but never answers) a security protocol the listener does not speak."""
+    bootstrap = ",".join(brokers)
+    probes = [_tcp_probe(b) for b in brokers]
+    if all(p is not None for p in probes):
+        return KafkaFault("unreachable", f"undertow: kafka: cannot reach the broker at "
+                          f"{bootstrap} ({BOOTSTRAP_SETTING}): {probes[0]}", EXIT_UNREACHABLE)
+    protocol, _ = _security(config)
+    if "SSL" in protocol:
+        return _refused(bootstrap, config, f"no TLS handshake within {timeout:g} s; is the "
+                        "listener TLS?", tls=True)
+    if "SASL" in protocol:
+        return _refused(bootstrap, config, f"no SASL handshake within {timeout:g} s")
+    return KafkaFault("unreachable", f"undertow: kafka: the port at {bootstrap} "
+                      f"({BOOTSTRAP_SETTING}) accepts connections but gave no Kafka answer "
+                      f"within {timeout:g} s", EXIT_UNREACHABLE)
+
+
+def connect(brokers: list[str], config: dict[str, Any],
+            timeout: float = CONNECT_TIMEOUT_S) -> Any:
+    """The cluster's metadata (all topics), or the :class:`KafkaFault` that names why the
+    brokers did not answer within ``timeout`` s: refused SASL or TLS as soon as librdkafka
+    reports it, otherwise at the deadline."""
+    errors: list[KafkaError] = []
+    try:
+        admin = AdminClient(quiet({**config, "error_cb": errors.append}))
+    except KafkaException as ex:
+        fail(bad_option(ex))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # All topics: a metadata request naming a topic can create it.
+            return admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except KafkaException:
+            pass
+        admin.poll(0)  # serves error_cb
+        refused = [e for e in errors
+                   if e.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL)]
+        if refused:
+            fail(_refused(",".join(brokers), config, _short(refused[0])))
+        if time.monotonic() >= deadline:
+            fail(_unanswered(brokers, config, timeout))
+
+
+_outage_said = [0.0]
+
+
+def _say_once(line: str, every_s: float = 60.0) -> None:
+    """Print ``line`` to stderr unless a line was said less than ``every_s`` s ago (each
+    partition has its own consumer: an outage is one line, not one per partition)."""
+    now = time.monotonic()
+    if now - _outage_said[0] >= every_s or _outage_said[0] == 0.0:
+        _outage_said[0] = now
+        print(line, file=sys.stderr, flush=True)
 
 
 class KafkaRecord(NamedTuple):
@@ -58,28 +270,90 @@ class KafkaRecord(NamedTuple):
 
 
 class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
-    """One Kafka partition, read in batches; its state is the next offset to read."""
+    """One Kafka partition, read in batches; its state is the next offset to read.
+
+    Data loss: when the broker no longer has the next offset (it lost the topic, or retention
+    deleted it), the partition does what ``on_data_loss`` says: ``fail`` raises a
+    :class:`KafkaFault` (status 5), ``earliest`` / ``latest`` read on from the oldest / the next
+    record the broker has, with one line on stderr either way. Apache Kafka answers such a fetch
+    with OFFSET_OUT_OF_RANGE, which ``auto.offset.reset=error`` turns into a consumer error;
+    Tansu answers it with no records and its true high watermark, so a position above the
+    watermark in two statistics reports in a row, with nothing read between them, is taken as
+    the same fault.
+    """
 
     def __init__(
         self, step_id: str, config: dict[str, Any], topic: str, partition: int, offset: int,
-        batch_size: int,
+        batch_size: int, *, bootstrap: str = "", on_data_loss: str = "fail",
+        outage_s: float = MESSAGE_TIMEOUT_MS / 1000, setting: str | None = None,
     ) -> None:
         self._topic = topic
         self._partition = partition
         self._offset = offset
         self._batch_size = batch_size
         self._eof = False
+        self._bootstrap = bootstrap
+        self._on_data_loss = on_data_loss
+        self._outage_s = outage_s
+        self._setting = setting
+        self._security = {k: config[k] for k in ("security.protocol", "sasl.mechanism")
+                          if k in config}
+        self._above = 0  # statistics reports in a row with our offset above the watermark
+        self._lost: tuple[int, int, int] | None = None  # (offset asked, low, high)
+        self._down_since: float | None = None
+        self._fault: KafkaFault | None = None
         self._lag = BYTEWAX_CONSUMER_LAG_GAUGE.labels(
             step_id=step_id, topic=topic, partition=partition
         )
-        self._consumer = Consumer({**config, "stats_cb": self._on_stats})
+        try:
+            self._consumer = Consumer(quiet({**config, "stats_cb": self._on_stats,
+                                             "error_cb": self._on_error}))
+        except KafkaException as ex:
+            fail(bad_option(ex))
         self._consumer.assign([TopicPartition(topic, partition, offset)])
 
     def _on_stats(self, stats_json: str) -> None:
         stats = json.loads(stats_json)
+        if any(b.get("state") == "UP" for b in stats.get("brokers", {}).values()):
+            self._down_since = None
         part = stats["topics"].get(self._topic, {}).get("partitions", {}).get(str(self._partition))
-        if part is not None and self._offset >= 0 and part["hi_offset"] >= 0:
-            self._lag.set(max(0, part["hi_offset"] - self._offset))
+        if part is None or part["hi_offset"] < 0 or self._offset < 0:
+            return
+        self._lag.set(max(0, part["hi_offset"] - self._offset))
+        if self._offset > part["hi_offset"] and part.get("fetch_state") == "active":
+            self._above += 1
+            if self._above >= 2 and self._lost is None:
+                self._lost = (self._offset, max(0, part.get("lo_offset", 0)), part["hi_offset"])
+        else:
+            self._above = 0
+
+    def _on_error(self, err: KafkaError) -> None:
+        code = err.code()
+        if code in (KafkaError._AUTHENTICATION, KafkaError._SSL) and self._fault is None:
+            self._fault = _refused(self._bootstrap, self._security, _short(err))
+        elif code == KafkaError._ALL_BROKERS_DOWN and self._down_since is None:
+            self._down_since = time.monotonic()
+            metrics.KAFKA_ERRORS.labels(kind="brokers_down", topic=self._topic).inc()
+            _say_once(f"undertow: kafka: lost the broker at {self._bootstrap} "
+                      f"({BOOTSTRAP_SETTING}); retrying for {self._outage_s:g} s "
+                      f"({TIMEOUT_SETTING})")
+
+    def _data_loss(self, asked: int, low: int, high: int) -> None:
+        """Answer a lost offset per ``on_data_loss``: raise, or read on from ``low``/``high``."""
+        held = (f"the broker holds offsets {low} to {high - 1}" if high > low
+                else f"the broker holds no records (next offset {high})")
+        line = (f"undertow: kafka: data lost on topic {self._topic!r} partition "
+                f"{self._partition} at {self._bootstrap}: offset {asked} asked, {held} "
+                f"({DATA_LOSS_SETTING}={self._on_data_loss})")
+        if self._on_data_loss == "fail":
+            fail(KafkaFault("data_loss", line, EXIT_DATA_LOSS, self._topic))
+        metrics.KAFKA_ERRORS.labels(kind="data_loss", topic=self._topic).inc()
+        start = low if self._on_data_loss == "earliest" else high
+        print(f"{line}; reading on from offset {start}", file=sys.stderr, flush=True)
+        self._consumer.assign([TopicPartition(self._topic, self._partition, start)])
+        self._offset = start
+        self._above = 0
+        self._lost = None
 
     def next_batch(self) -> list[KafkaRecord]:
         if self._eof:
@@ -93,6 +367,11 @@ class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = True  # emit this batch; stop at the next call
                     break
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:  # Kafka: out of range
+                    low, high = self._consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=CONNECT_TIMEOUT_S)
+                    self._lost = (self._offset, low, high)
+                    break
                 off = msg.offset()
                 out.append(KafkaRecord(msg.key(), msg.value(), topic, partition,
                                        -1 if off is None else off, str(err)))
@@ -101,6 +380,17 @@ class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
             out.append(KafkaRecord(msg.key(), msg.value(), topic, partition, last))
         if last is not None:
             self._offset = last + 1
+            self._above = 0
+            self._lost = None
+        if self._fault is not None:
+            fail(self._fault)
+        if self._lost is not None:
+            self._data_loss(*self._lost)
+        if self._down_since is not None and time.monotonic() - self._down_since > self._outage_s:
+            fail(KafkaFault("unreachable", f"undertow: kafka: the broker at {self._bootstrap} "
+                            f"({BOOTSTRAP_SETTING}) has been unreachable for "
+                            f"{self._outage_s:g} s ({TIMEOUT_SETTING})", EXIT_UNREACHABLE,
+                            topic))
         return out
 
     def snapshot(self) -> int:
@@ -130,8 +420,10 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
         add_config: dict[str, str] | None = None,
         batch_size: int = 1000,
         setting: str | None = None,
+        on_data_loss: str = "fail",
     ) -> None:
         self._setting = setting
+        self._on_data_loss = on_data_loss
         self._brokers = brokers
         self._topics = topics
         self._tail = tail
@@ -145,8 +437,8 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
             {k: v for k, v in self._add_config.items()
              if k not in _CONSUMER_DEFAULTS and k not in _FETCH_KEYS}
         )
-        # List all topics: a metadata request naming a topic can create it.
-        md = AdminClient(config).list_topics(timeout=30)
+        config.pop("message.timeout.ms", None)  # a producer's option
+        md = connect(self._brokers, config)  # a fault is one line (docs/broker.md, Faults)
         parts = []
         for topic in self._topics:
             t = md.topics.get(topic)
@@ -168,10 +460,18 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
             "bootstrap.servers": ",".join(self._brokers),
             "enable.partition.eof": str(not self._tail).lower(),
             "statistics.interval.ms": 1000,
+            # Kafka: an offset the broker no longer has is an error, answered per
+            # UNDERTOW_ON_DATA_LOSS, not librdkafka's silent reset to the end.
+            "auto.offset.reset": "error",
             **self._add_config,
         }
+        outage_ms = float(config.pop("message.timeout.ms", MESSAGE_TIMEOUT_MS))
         offset = self._starting_offset if resume_state is None else resume_state
-        return _RecordPartition(step_id, config, topic, int(idx), offset, self._batch_size)
+        return _RecordPartition(
+            step_id, config, topic, int(idx), offset, self._batch_size,
+            bootstrap=",".join(self._brokers), on_data_loss=self._on_data_loss,
+            outage_s=outage_ms / 1000, setting=self._setting,
+        )
 
 
 #: librdkafka's defaults of the fetch limits (CONFIGURATION.md).
@@ -223,6 +523,7 @@ def kafka_source(settings: Settings, topic: str) -> KafkaRecordSource:
         starting_offset=OFFSET_BEGINNING if settings.start_from == "earliest" else OFFSET_END,
         add_config={**_CONSUMER_DEFAULTS, **fetch_limits(settings.max_record_bytes), **opts},
         batch_size=settings.source_batch_size,
+        on_data_loss=settings.on_data_loss,
         setting=next(
             (f"UNDERTOW_{name.upper()}"
              for name in ("events_topic", "labels_topic", "control_topic")
@@ -238,8 +539,9 @@ def partition_count(settings: Settings, topic: str, timeout: float = 10.0) -> in
     Lists all topics rather than naming one: naming a topic in a metadata request can create it
     (Tansu does, as does Kafka with ``auto.create.topics.enable``).
     """
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         **settings.librdkafka()})
+    opts = settings.librdkafka()
+    opts.pop("message.timeout.ms", None)  # a producer's option
+    admin = AdminClient(quiet({"bootstrap.servers": settings.kafka_bootstrap_servers, **opts}))
     md = admin.list_topics(timeout=timeout)
     t = md.topics.get(topic)
     if t is None or t.error is not None:
@@ -293,7 +595,11 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
     """One worker's producer. A record over the producer's ``message.max.bytes`` (refused by
     ``produce``) or the broker's limit (refused in its delivery report) never fails the batch:
     ``shrink`` cuts it to fit (dead letters) or, without one, it is dropped; both are counted in
-    ``undertow_sink_oversized_total{step,action}``. Any other delivery error fails the batch."""
+    ``undertow_sink_oversized_total{step,action}``. Any other delivery error fails the batch.
+
+    A flush is bounded: a record not delivered within ``message.timeout.ms`` (the broker is
+    gone) fails the sink with a :class:`KafkaFault` (status 3) naming the broker, instead of
+    librdkafka's 300 s default or an unbounded ``flush()``."""
 
     def __init__(
         self,
@@ -307,8 +613,13 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         max_bytes: int = _MESSAGE_MAX_BYTES,
         step_id: str = "",
         topic_of: Callable[[X], str | None] | None = None,
+        bootstrap: str = "",
+        message_timeout_ms: float = MESSAGE_TIMEOUT_MS,
     ) -> None:
         self._producer = producer
+        self._bootstrap = bootstrap
+        self._message_timeout_s = message_timeout_ms / 1000
+        self._timed_out = 0
         self._topic = topic
         self._topic_of = topic_of
         self._encode = encode
@@ -326,6 +637,8 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
             return
         if isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
             self._refused.append(((msg.key(), msg.value(), msg.headers()), msg.topic()))
+        elif isinstance(err, KafkaError) and err.code() == KafkaError._MSG_TIMED_OUT:
+            self._timed_out += 1
         else:
             self._errors.append(str(err))
 
@@ -354,6 +667,19 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
                     return
                 key, value, headers = shrunk
 
+    def _flush(self) -> None:
+        """Flush, bounded: records still queued a little after ``message.timeout.ms``, or
+        timed out in their delivery reports, mean the broker is gone: a :class:`KafkaFault`."""
+        left = self._producer.flush(self._message_timeout_s + 5.0)
+        timed_out, self._timed_out = self._timed_out + left, 0
+        if timed_out:
+            fail(KafkaFault(
+                "not_delivered",
+                f"undertow: kafka: {timed_out} records to {self._topic!r} not delivered in "
+                f"{self._message_timeout_s:g} s: the broker at {self._bootstrap} does not answer "
+                f"({BOOTSTRAP_SETTING}; the wait is {TIMEOUT_SETTING})",
+                EXIT_UNREACHABLE, self._topic))
+
     def write_batch(self, items: list[X]) -> None:
         encode = self._encode
         topic_of = self._topic_of
@@ -363,7 +689,7 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         else:
             for item in items:
                 self._produce(encode(item), topic_of(item))
-        self._producer.flush()
+        self._flush()
         for _ in range(32):  # the broker's limit is not known here: halve until it accepts
             if not self._refused:
                 break
@@ -374,7 +700,7 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
                 shrunk = self._oversized(enc, min(self._max_bytes, size // 2))
                 if shrunk is not None:
                     self._produce(shrunk, topic)
-            self._producer.flush()
+            self._flush()
         if self._errors or self._refused:
             errors, self._errors = self._errors, []
             errors += [f"{len(self._refused)} records refused as too large"] if self._refused \
@@ -386,7 +712,7 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
             self._after_write(items)
 
     def close(self) -> None:
-        self._producer.flush()
+        self._flush()
         if self._on_close is not None:  # a bounded run: the last partition prints the summary
             self._on_close()
 
@@ -413,6 +739,8 @@ class ProducerSink(DynamicSink[X], Generic[X]):
             "queue.buffering.max.messages": 1_000_000,
             # The delivery callback runs on this (the worker's) thread: only for failures.
             "delivery.report.only.error": True,
+            # Bounded: a broker that is gone fails the sink in 30 s, not librdkafka's 300 s.
+            "message.timeout.ms": MESSAGE_TIMEOUT_MS,
             **settings.librdkafka(),
         }
         self._topic = topic
@@ -424,9 +752,15 @@ class ProducerSink(DynamicSink[X], Generic[X]):
         on_close = (summary.END_OF_RUN.opened(step_id, worker_index, worker_count)
                     if self._bounded else None)
         max_bytes = int(self._config.get("message.max.bytes", _MESSAGE_MAX_BYTES))
+        try:
+            producer = Producer(quiet(self._config))
+        except KafkaException as ex:
+            fail(bad_option(ex))
         return _ProducerPartition(
-            Producer(self._config), self._topic, self._encode, self._after_write, on_close,
+            producer, self._topic, self._encode, self._after_write, on_close,
             shrink=self._shrink, max_bytes=max_bytes, step_id=step_id, topic_of=self._topic_of,
+            bootstrap=str(self._config["bootstrap.servers"]),
+            message_timeout_ms=float(self._config["message.timeout.ms"]),
         )
 
 
