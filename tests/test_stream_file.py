@@ -3,9 +3,8 @@ the section and the field; once a file passes, no event can crash the feature st
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 import subprocess
 import sys
 import textwrap
