@@ -93,6 +93,11 @@ class KafkaFault(UndertowError):
         metrics.KAFKA_ERRORS.labels(kind=kind, topic=topic).inc()
 
 
+class DeliveryFault(KafkaFault, KafkaException):
+    """A sink's records not delivered in time: a :class:`KafkaFault`, and a ``KafkaException``
+    like every other failed write of a sink."""
+
+
 class _DebugLog:
     """librdkafka's log lines (confluent-kafka's ``logger`` option calls ``log(level, ...)``),
     re-logged at debug level: a broker that is down is one fault line, not a line every 50 ms."""
@@ -673,9 +678,9 @@ class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
         left = self._producer.flush(self._message_timeout_s + 5.0)
         timed_out, self._timed_out = self._timed_out + left, 0
         if timed_out:
-            fail(KafkaFault(
+            fail(DeliveryFault(
                 "not_delivered",
-                f"undertow: kafka: {timed_out} records to {self._topic!r} not delivered in "
+                f"undertow: kafka: could not write {timed_out} records to {self._topic!r} in "
                 f"{self._message_timeout_s:g} s: the broker at {self._bootstrap} does not answer "
                 f"({BOOTSTRAP_SETTING}; the wait is {TIMEOUT_SETTING})",
                 EXIT_UNREACHABLE, self._topic))

@@ -134,7 +134,7 @@ def test_a_sink_whose_broker_is_gone_fails_bounded_with_one_line():
         part.write_batch([b"a", b"b", b"c"])
     assert time.monotonic() - t0 < 4.0
     assert caught.value.line == (
-        "undertow: kafka: 3 records to 'predictions' not delivered in 1 s: the broker at "
+        "undertow: kafka: could not write 3 records to 'predictions' in 1 s: the broker at "
         f"127.0.0.1:{port} does not answer (UNDERTOW_KAFKA_BOOTSTRAP_SERVERS; the wait is "
         "UNDERTOW_KAFKA_OPT_MESSAGE_TIMEOUT_MS)")
     assert caught.value.status == EXIT_UNREACHABLE
