@@ -49,7 +49,8 @@ from undertow.errors import StreamError
 from undertow.schema import DeadLetter, EventSchema, decode_event
 from undertow.stream import Stream, load_stream
 
-#: The replies topic when neither ``UNDERTOW_REPLIES_TOPIC`` nor the stream file names one.
+#: The replies topic when neither ``UNDERTOW_REPLIES_TOPIC`` nor the stream file names one (the
+#: dataflow's default too, :data:`connectors.replies.DEFAULT_REPLIES_TOPIC`).
 DEFAULT_REPLIES_TOPIC = "replies"
 #: How many timed-out correlation ids are remembered to recognise their late replies; the
 #: oldest are forgotten first (a reply later still is then simply unknown and dropped).
@@ -270,13 +271,16 @@ class Gateway:
     """
 
     def __init__(self, settings: Settings, stream: Stream, *, copy_id: str | None = None) -> None:
-        if not settings.requests_topic:
+        # The variables win over the stream file's [requests] topics, as in the dataflow.
+        requests = settings.requests_topic or stream.requests_topic
+        if not requests:
             raise ConfigError("UNDERTOW_REQUESTS_TOPIC: the gateway needs the requests topic "
-                              "(empty: requests are off)")
+                              "(empty, and the stream file has no [requests] topic)")
         self.settings = settings
         self.stream = stream
-        self.requests_topic = settings.requests_topic
-        self.replies_topic = settings.replies_topic or DEFAULT_REPLIES_TOPIC
+        self.requests_topic = requests
+        self.replies_topic = (settings.replies_topic or stream.replies_topic
+                              or DEFAULT_REPLIES_TOPIC)
         self.copy_id = copy_id or f"gw{secrets.token_hex(4)}"
         self.metrics = GatewayMetrics(stream.name)
         self.router = ReplyRouter(self.copy_id, metrics=self.metrics)

@@ -214,7 +214,7 @@ def test_parse_body_refuses_what_is_not_an_object_or_a_list_of_objects():
      "undertow: bad stream file: streams/nope.toml: no such stream file"),
     (["--stream", FRAUD], {},
      "undertow: bad setting: UNDERTOW_REQUESTS_TOPIC: the gateway needs the requests topic "
-     "(empty: requests are off)"),
+     "(empty, and the stream file has no [requests] topic)"),
     (["--stream", FRAUD], {"UNDERTOW_REQUESTS_TOPIC": "r", "UNDERTOW_GATEWAY_TIMEOUT_MS": "0"},
      "undertow: bad setting: UNDERTOW_GATEWAY_TIMEOUT_MS: Input should be greater than 0 "
      "(got '0')"),
@@ -243,6 +243,23 @@ def test_healthz_is_503_until_both_topics_exist(kafka: EmbeddedKafka, gateways):
                "waiting for the replies topic")
     kafka.create_topics([replies], partitions=2)
     wait_until(lambda: g._health() == (200, {"status": "ok"}), 10, "healthy")
+
+
+def test_the_stream_files_requests_topics_are_used_when_the_variables_are_unset(
+        kafka: EmbeddedKafka, gateways, tmp_path: Path):
+    suffix = os.urandom(4).hex()
+    requests, replies = f"requests-file-{suffix}", f"replies-file-{suffix}"
+    stream = tmp_path / "fraud.toml"
+    stream.write_text((ROOT / FRAUD).read_text()
+                      + f'\n[requests]\ntopic = "{requests}"\nreplies = "{replies}"\n')
+    g = Gateway(kafka, "", "")
+    g.child.argv[g.child.argv.index(FRAUD)] = str(stream)
+    gateways.append(g.start(ready=False))
+    wait_until(lambda: g._health() == (503, {"status": f"waiting for topic {requests!r}"}), 10,
+               "waiting for the stream file's requests topic")
+    kafka.create_topics([requests])
+    wait_until(lambda: g._health() == (503, {"status": f"waiting for topic {replies!r}"}), 10,
+               "waiting for the stream file's replies topic")
 
 
 # -- the gateway's own answers -----------------------------------------------------------------------
