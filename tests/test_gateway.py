@@ -508,3 +508,24 @@ def test_a_stopped_dataflow_is_a_timeout_and_its_late_answer_is_counted(live: Li
     [stale] = [r for r in replies if r.get("event_id") == "e9" or r.get("error") == "expired"]
     assert (stale["ok"], stale["error"]) == (False, "expired")
     assert call("POST", live.url, event(10))[0] == 200  # and it serves again
+
+
+def test_the_requests_benchmark_runs_with_tiny_numbers(tmp_path: Path):
+    """benchmarks/requests.py kept working: every request of every row answered."""
+    import subprocess
+
+    out = tmp_path / "rows.json"
+    r = subprocess.run([sys.executable, "benchmarks/requests.py", "--warm-events", "50",
+                        "--seconds", "0.5", "--max-seconds", "0.5", "--low-rate", "10",
+                        "--concurrency", "4", "--json", str(out)],
+                       cwd=ROOT, env=own_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(x["path"], x["mode"]) for x in rows] == [
+        ("kafka", "max (4 in flight)"), ("http", "max (4 in flight)"),
+        ("kafka", "steady"), ("http", "steady"), ("kafka", "steady"), ("http", "steady")]
+    for x in rows:
+        assert x["failed"] == 0 and x["answered"] == x["sent"] > 0, x
+    assert rows[2]["offered_per_s"] == rows[3]["offered_per_s"] == 10
+    assert rows[4]["offered_per_s"] == max(
+        1.0, min(rows[0]["answered_per_s"], rows[1]["answered_per_s"]) / 2)
