@@ -213,7 +213,38 @@ def overview() -> db.Dashboard:
                         "accepts: dead letters written cut (truncated), other outputs dropped. "
                         "0 when none.",
                         [(f"sum by (action) (rate(undertow_sink_oversized_total[{RI}])) "
-                          "or vector(0)", "{{action}}")], unit="recps")))
+                          "or vector(0)", "{{action}}")], unit="recps"))
+         .with_panel(ts("Kafka faults, by kind", "Faults with an answer (docs/broker.md): "
+                        "unreachable broker, refused TLS or SASL, data lost under the offsets, "
+                        "undeliverable records. 0 when none.",
+                        [(f"sum by (kind) (rate(undertow_kafka_errors_total[{RI}])) "
+                          "or vector(0)", "{{kind}}")], unit="short")))
+    d = (d.with_row(row("Requests (docs/requests.md)"))
+         .with_panel(ts("Requests answered by the dataflow, by outcome",
+                        "Replies written per second: ok, or the error's reason (expired, "
+                        "bad_request, late_event, a dead-letter reason...).",
+                        [(f"sum by (kind, outcome) (rate(undertow_requests_total[{RI}]))",
+                          "{{kind}} {{outcome}}")], unit="reqps"))
+         .with_panel(ts("Request latency in the dataflow", "Wall time from reading a request "
+                        "to writing its reply (histogram quantiles over all processes).",
+                        quantiles("undertow_request_latency_seconds", (0.5, 0.99), by="kind",
+                                  sel=""), unit="s"))
+         .with_panel(ts("Gateway answers, by outcome", "HTTP requests answered per second by "
+                        "the gateways (connectors.gateway): ok, error (refused by the dataflow), "
+                        "timeout (no reply by the deadline), bad_request (400/404). The "
+                        "UndertowRequestTimeouts alert fires above 1 % timeouts.",
+                        [(f"sum by (outcome) (rate(undertow_gateway_requests_total[{RI}]))",
+                          "{{outcome}}")], unit="reqps"))
+         .with_panel(ts("Gateway latency", "Wall time from an HTTP request to its answer, "
+                        "timeouts included (histogram quantiles over all gateways).",
+                        quantiles("undertow_gateway_request_seconds", (0.5, 0.99), by="stream",
+                                  sel=""), unit="s"))
+         .with_panel(ts("Gateway: in flight and late replies", "Requests waiting for their "
+                        "reply now, and replies that came after their caller got a timeout "
+                        "(dropped) per second.",
+                        [("sum(undertow_gateway_in_flight)", "in flight"),
+                         (f"sum(rate(undertow_gateway_late_replies_total[{RI}]))",
+                          "late replies /s")], w=24)))
     return d
 
 
@@ -524,6 +555,9 @@ class Alert:
     description: str
     #: The targets whose models the rule watches (its signal returns data for those only).
     targets: tuple[str, ...] = ("binary", "multiclass", "regression")
+    #: The process whose metrics the signal reads: "dataflow", or "gateway" (connectors.gateway:
+    #: its signal has data only where a gateway is scraped).
+    scraped_from: str = "dataflow"
 
     @property
     def expr(self) -> str:
@@ -629,6 +663,19 @@ ALERTS: list[Alert] = [
         "More than 5 % of records go to the dead-letter topic",
         "{{ $value | humanizePercentage }} of the records read in the last 5 minutes were "
         "dead-lettered; the overview dashboard breaks them down by reason.",
+    ),
+    Alert(
+        "UndertowRequestTimeouts",
+        'sum by (job) (rate(undertow_gateway_requests_total{outcome="timeout"}[5m])) / '
+        "sum by (job) (rate(undertow_gateway_requests_total[5m]))",
+        "{signal} > 0.01",
+        "2m",
+        "warning",
+        "More than 1 % of the gateway's requests time out",
+        "{{ $value | humanizePercentage }} of the HTTP requests of the last 5 minutes got no "
+        "reply by their deadline. Check that the dataflow runs and reads the requests topic, "
+        "its request latency and the Kafka lag (overview dashboard, Requests row).",
+        scraped_from="gateway",
     ),
     Alert(
         "UndertowNoEvents",

@@ -18,6 +18,8 @@ import re
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,22 @@ MALFORMED = 20
 #: What Grafana would put in place of its variables (all models, all features).
 GRAFANA_VARS = {"$__rate_interval": "30s", "$__range": "10m", "$model": ".*", "$feature": ".*"}
 DRIFT_ALERT = "UndertowConceptDrift"
+#: Payments asked for over HTTP once the workload is in (the Requests row has data).
+N_HTTP_REQUESTS = 20
+
+
+def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    """A real HTTP call (the standard library's client): (status, JSON body); 0 if refused."""
+    data = None if body is None else orjson.dumps(body)
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as ex:
+        return ex.code, orjson.loads(ex.read() or b"null")
+    except (urllib.error.URLError, ConnectionError):
+        return 0, None
 
 
 def grafana_expr(expr: str) -> str:
@@ -238,10 +256,12 @@ def _stop(proc: ChildProcess | None) -> None:
 def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
     """The live dataflow scraped by a real Prometheus through a workload with a drift."""
     suffix = os.urandom(4).hex()
-    names = {n: f"{n}-obs-{suffix}" for n in ("events", "labels", "predictions", "deadletter")}
+    names = {n: f"{n}-obs-{suffix}" for n in ("events", "labels", "predictions", "deadletter",
+                                              "requests", "replies")}
     kafka.create_topics([names["events"], names["labels"]], partitions=3)
-    kafka.create_topics([names["predictions"], names["deadletter"]], partitions=1)
-    port = free_port()
+    kafka.create_topics([names["predictions"], names["deadletter"], names["requests"],
+                         names["replies"]], partitions=1)
+    port, gateway_port = free_port(), free_port()
     env = {
         **os.environ,
         "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -249,6 +269,9 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
         "UNDERTOW_LABELS_TOPIC": names["labels"],
         "UNDERTOW_PREDICTIONS_TOPIC": names["predictions"],
         "UNDERTOW_DEADLETTER_TOPIC": names["deadletter"],
+        # Requests on, answered through an HTTP gateway scraped beside the dataflow.
+        "UNDERTOW_REQUESTS_TOPIC": names["requests"],
+        "UNDERTOW_REPLIES_TOPIC": names["replies"],
         # Checkpoints on, so the checkpoint panels have data too.
         "UNDERTOW_MODEL_DIR": tempfile.mkdtemp(prefix="undertow-obs-models-"),
         "UNDERTOW_CHECKPOINT_EVERY_LABELS": "10000",
@@ -258,12 +281,19 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
     env.pop("UNDERTOW_TAIL", None)  # live: the dataflow keeps tailing the topics
     log = tempfile.NamedTemporaryFile(prefix="undertow-obs-dataflow-", suffix=".log", delete=False)
     flow: ChildProcess | None = None
-    prom = PrometheusServer(PROM_CONFIG, targets=[f"127.0.0.1:{port}"])
+    gateway = ChildProcess([sys.executable, "-m", "connectors.gateway", "--stream",
+                            str(ROOT / "streams" / "fraud.toml"), "--port", str(gateway_port)],
+                           env=env, cwd=ROOT, name="gateway", stop_timeout=5)
+    prom = PrometheusServer(PROM_CONFIG, targets=[f"127.0.0.1:{port}",
+                                                  f"127.0.0.1:{gateway_port}"])
     try:
         flow = start_dataflow("dataflows.fraud:flow", env=env, log_path=log.name)
+        gateway.start()
+        gateway.wait_ready(lambda: _http("GET", f"http://127.0.0.1:{gateway_port}/healthz")[0]
+                           == 200, timeout=30, what="healthy")
         prom.start()
         prom.wait_for('up{job="undertow"} == 1 and on () count(undertow_events_total) > 0',
-                      lambda r: len(r) == 1, 60, "the dataflow to be scraped")
+                      lambda r: len(r) == 2, 60, "the dataflow and the gateway to be scraped")
         t_start = time.time()
         sink = KafkaSink(kafka.bootstrap_servers, names["events"], names["labels"], 60.0)
         written = write_workload(WORKLOAD, sink, n_malformed=MALFORMED, rate=RATE)
@@ -278,6 +308,17 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
         prom.wait_for("sum(undertow_predictions_total)",
                       lambda r: r and float(r[0]["value"][1]) == WORKLOAD.n_events, 60,
                   "every event to be predicted and scraped")
+        # A few payments asked for over HTTP, answered from the live state.
+        url = f"http://127.0.0.1:{gateway_port}/v1/streams/fraud/predict?timeout_ms=10000"
+        now_ms = int(float(prom.query("max(undertow_model_clock_seconds)")[0]["value"][1]) * 1000)
+        for i in range(N_HTTP_REQUESTS):
+            ask = dict(late, event_id=f"ask-{i}", ts=now_ms + 1 + i)
+            status, body = _http("POST", url, ask)
+            assert status == 200 and body["event_id"] == f"ask-{i}", (status, body)
+        prom.wait_for('sum(undertow_requests_total{outcome="ok"}) and on () '
+                      'sum(undertow_gateway_requests_total{outcome="ok"})',
+                      lambda r: r and float(r[0]["value"][1]) == N_HTTP_REQUESTS, 30,
+                      "the requests to be answered and scraped")
         time.sleep(3.0)  # a few more scrapes and rule evaluations on the final state
         assert flow.running, "the live dataflow exited"
         yield {"prom": prom, "written": written, "t_start": t_start, "t_fed": t_fed,
@@ -289,6 +330,7 @@ def observed(kafka: EmbeddedKafka, prometheus_bins) -> Iterator[dict[str, Any]]:
         raise
     finally:
         prom.stop()
+        gateway.stop()
         _stop(flow)
         log.close()
         os.unlink(log.name)
@@ -363,8 +405,14 @@ def test_the_scraped_counters_add_up(observed):
     assert value('sum(undertow_dead_letters_total{step=~".*decode_events"})') == written[
         "malformed"]
     assert value("sum(undertow_labels_total)") == written["labels"]
+    # Every HTTP request answered once by the dataflow and once by the gateway, all ok.
+    assert value('sum(undertow_requests_total{kind="predict",outcome="ok"})') == N_HTTP_REQUESTS
+    assert value('sum(undertow_gateway_requests_total{outcome="ok"})') == N_HTTP_REQUESTS
+    for failed in ('undertow_requests_total{outcome!="ok"}',
+                   'undertow_gateway_requests_total{outcome!="ok"}'):
+        assert not prom.query(f"{failed} > 0"), prom.query(failed)
     targets = prom.targets_health()
-    assert [t["health"] for t in targets] == ["up"], targets
+    assert [t["health"] for t in targets] == ["up", "up"], targets  # the dataflow, the gateway
 
 
 def test_dashboards_cover_every_undertow_metric_family():
