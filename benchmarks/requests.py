@@ -95,7 +95,7 @@ class Requests:
         return {**base, "event_id": f"rq{self._n}", "ts": self._ts}
 
 
-# -- over Kafka, directly ----------------------------------------------------------------------------
+# -- over Kafka, directly --------------------------------------------------------------------------
 
 class KafkaClient:
     """A requester speaking the wire format: one producer, one consumer of every replies
@@ -212,7 +212,7 @@ def kafka_steady(client: KafkaClient, reqs: Requests, rate: float, seconds: floa
     return row("kafka", "steady", rate, n, seconds, client.latencies, client.failed + lost)
 
 
-# -- over HTTP, through the gateway ------------------------------------------------------------------
+# -- over HTTP, through the gateway ----------------------------------------------------------------
 
 async def _post(session: aiohttp.ClientSession, url: str, record: dict[str, Any],
                 latencies: list[float], failed: list[int]) -> None:
@@ -262,7 +262,7 @@ async def http_steady(url: str, reqs: Requests, rate: float, seconds: float) -> 
     return row("http", "steady", rate, n, seconds, latencies, n - len(latencies))
 
 
-# -- set-up ------------------------------------------------------------------------------------------
+# -- set-up ----------------------------------------------------------------------------------------
 
 def _wait(pred: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout

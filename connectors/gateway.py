@@ -1,7 +1,8 @@
 """The HTTP gateway: REST clients ask the live dataflow for one decision, over Kafka.
 
     UNDERTOW_KAFKA_BOOTSTRAP_SERVERS=localhost:9092 UNDERTOW_REQUESTS_TOPIC=requests \\
-    UNDERTOW_REPLIES_TOPIC=replies python -m connectors.gateway --stream streams/fraud.toml --port 8080
+    UNDERTOW_REPLIES_TOPIC=replies \\
+    python -m connectors.gateway --stream streams/fraud.toml --port 8080
 
 ``POST /v1/streams/{name}/predict`` takes one event (a JSON object) or a list of them, writes each
 as a request record to ``UNDERTOW_REQUESTS_TOPIC`` (docs/requests.md) and answers with the

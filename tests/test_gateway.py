@@ -46,7 +46,7 @@ def own_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("UNDERTOW_")}, **extra}
 
 
-# -- HTTP, with aiohttp's client ---------------------------------------------------------------------
+# -- HTTP, with aiohttp's client -------------------------------------------------------------------
 
 async def acall(session: aiohttp.ClientSession, method: str, url: str,
                 body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
@@ -90,7 +90,7 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-# -- the gateway process -----------------------------------------------------------------------------
+# -- the gateway process ---------------------------------------------------------------------------
 
 class Gateway:
     """One ``python -m connectors.gateway`` child and its base URL."""
@@ -176,7 +176,7 @@ class Responder:
             self._producer.flush(5)
 
 
-# -- the pure parts ----------------------------------------------------------------------------------
+# -- the pure parts --------------------------------------------------------------------------------
 
 def test_router_owns_only_its_own_prefix_and_counts_a_late_reply_once():
     async def go() -> None:
@@ -207,7 +207,7 @@ def test_parse_body_refuses_what_is_not_an_object_or_a_list_of_objects():
     assert parse_body(b'[{}, {}, {}]', 3) == ([{}, {}, {}], True)
 
 
-# -- start-up ----------------------------------------------------------------------------------------
+# -- start-up --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("args", "env", "line"), [
     (["--stream", "streams/nope.toml"], {"UNDERTOW_REQUESTS_TOPIC": "r"},
@@ -262,7 +262,7 @@ def test_the_stream_files_requests_topics_are_used_when_the_variables_are_unset(
                "waiting for the stream file's replies topic")
 
 
-# -- the gateway's own answers -----------------------------------------------------------------------
+# -- the gateway's own answers ---------------------------------------------------------------------
 
 def test_bad_requests_and_refused_records_never_reach_kafka(kafka: EmbeddedKafka, topics,
                                                             gateways):
@@ -372,7 +372,7 @@ def test_two_copies_on_one_replies_topic_each_get_their_own_answers(kafka: Embed
         assert g.metric("undertow_gateway_requests_total", stream="fraud", outcome="ok") == 21
 
 
-# -- behind it, the real dataflow --------------------------------------------------------------------
+# -- behind it, the real dataflow ------------------------------------------------------------------
 
 #: The events loaded before any request: card c1 at two merchants, and another card.
 LOADED = [event(0), event(1, amount=250.0, channel="online"), event(2, merchant_id="m2"),
