@@ -172,13 +172,6 @@ KAFKA_ERRORS = Counter(
     "began), not_delivered (a sink's records timed out); topic is empty at start-up.",
     ["kind", "topic"],
 )
-KAFKA_ERRORS = Counter(
-    "undertow_kafka_errors",
-    "Kafka faults with an answer (docs/broker.md, Faults), by kind: unreachable, refused (TLS or "
-    "SASL), bad_option, data_loss (an offset the broker no longer has), brokers_down (an outage "
-    "began), not_delivered (a sink's records timed out); topic is empty at start-up.",
-    ["kind", "topic"],
-)
 ENTITIES_EVICTED = Counter(
     "undertow_feature_entities_evicted", "Idle entities dropped from window state.", ["step"]
 )

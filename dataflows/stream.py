@@ -56,7 +56,7 @@ from connectors.kafka import (
     window_sink,
 )
 from connectors.settings import ConfigError, Settings, load_settings, parse_challengers
-from connectors.replies import reply_sink
+from connectors.replies import reply_sink, with_stream_topics
 from operators.decode import decode_controls, decode_events, decode_labels, decode_requests
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
@@ -395,6 +395,7 @@ def build_flow(
     ``LiveInputs(sources)`` / ``Outputs(sinks)`` / ``ReplayInputs(replay)``."""
     s = settings if settings is not None else load_settings()
     stream = stream if stream is not None else stream_of(s)
+    s = with_stream_topics(s, stream)
     check_model_settings(s, stream)
     if inputs is None:
         inputs = ReplayInputs(replay) if replay is not None else LiveInputs(dict(sources or {}))
