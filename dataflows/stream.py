@@ -143,6 +143,7 @@ def make_learner(
         event_partitions=event_partitions,
         promotion=promotion,
         emit_outcomes=replay,
+        max_future_skew_ms=int(s.max_future_skew_s * 1000),
     )
     ensemble = ensemble_of(s, stream)
     learner = OnlineLearner(

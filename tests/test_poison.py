@@ -241,3 +241,23 @@ def test_other_delivery_errors_still_fail_the_batch():
     part = _ProducerPartition(fake, "p", lambda x: (b"k", x, None), None)
     with pytest.raises(KafkaException, match="could not write 1 records"):
         part.write_batch([b"x" * 100])
+
+
+def test_a_label_far_ahead_of_the_clock_is_a_future_event_dead_letter_not_held_for_ever():
+    from dataflows.stream import make_learner
+    from undertow.schema import Event, FeaturedEvent, Label
+
+    s = load_settings({"UNDERTOW_MAX_FUTURE_SKEW_S": "3600"})
+    learner = make_learner(s, shipped("fraud"), replay=True)
+    out: list = []
+    t0 = 1_767_225_600_000
+    learner.on_event(FeaturedEvent(Event("e1", "c1", t0, {}), {"x": 1.0}), out)
+    out.clear()
+    learner.on_label(Label("e1", "c1", t0 + 3_600_001, True, raw=b"far"), out)  # 2099-like
+    learner.on_label(Label("e1", "c1", t0 + 3_600_000, True, raw=b"near"), out)  # within it
+    [dead] = out
+    assert (dead.reason, dead.raw) == ("future_event", b"far")
+    assert dead.detail == ("label time 1767229200001 is more than 3600000 ms ahead of the clock "
+                           "1767225600000 (UNDERTOW_MAX_FUTURE_SKEW_S) (model step 'fraud', "
+                           "event 'e1')")
+    assert learner.waiting_labels == 1  # the near one waits for its time, as any label does

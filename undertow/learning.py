@@ -48,6 +48,7 @@ from undertow.label_join import (
 )
 from undertow.schema import (
     DUPLICATE_EVENT,
+    FUTURE_EVENT,
     INVALID_RECORD,
     MODEL_ERROR,
     DeadLetter,
@@ -108,6 +109,10 @@ class LearnerConfig:
     promotion: PromotionRule | None = None
     emit_outcomes: bool = False
     target: Target | None = None
+    #: A label stamped more than this ahead of the model step's clock (the newest event time, or
+    #: the wall time it was read if later) is a ``future_event`` dead letter: it would be held
+    #: for ever, waiting for its time (None: no limit).
+    max_future_skew_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -471,6 +476,14 @@ class OnlineLearner:
     def on_label(self, label: Label, out: list[Any]) -> None:
         """Apply a label now if its time has come, else hold it until the clock reaches it."""
         self._labels += 1
+        skew = self.config.max_future_skew_ms
+        if skew is not None:
+            clock = max(self.join.clock or 0, int(label.read_at * 1000))
+            if clock and label.ts > clock + skew:
+                self._dead_letter(label, FUTURE_EVENT, f"label time {label.ts} is more than "
+                                  f"{skew} ms ahead of the clock {clock} "
+                                  "(UNDERTOW_MAX_FUTURE_SKEW_S)", out)
+                return
         due: list[Any] = []
         self.join.on_label(label, due)
         if due:
