@@ -769,8 +769,20 @@ class ProducerSink(DynamicSink[X], Generic[X]):
         )
 
 
+#: The header with a prediction's stable id (:func:`prediction_id`), for consumers that drop
+#: duplicates (docs/lifecycle.md, Delivery after a crash).
+PREDICTION_ID_HEADER = "undertow.prediction_id"
+
+
+def prediction_id(p: Prediction) -> bytes:
+    """A prediction's stable id, ``model:event_id``: the same when a restarted dataflow scores
+    the event again (the model step scores an event id once per model)."""
+    return f"{p.model}:{p.event_id}".encode()
+
+
 def encode_prediction(p: Prediction) -> Encoded:
-    return p.key.encode(), p.to_json(), None
+    """Keyed by entity, the id in the ``undertow.prediction_id`` header."""
+    return p.key.encode(), p.to_json(), [(PREDICTION_ID_HEADER, prediction_id(p))]
 
 
 def encode_dead_letter(d: DeadLetter) -> Encoded:
