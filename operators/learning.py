@@ -404,6 +404,8 @@ def serve_and_learn(
     merged = op.merge("merge", *keyed)
 
     def build(resume: ModelStepState | None) -> _LearnerLogic:
+        if resume is not None:
+            resume.learner.join.attach()  # a join on disk reopens as of the snapshot
         state = resume if resume is not None else ModelStepState(make_learner())
         if state.learner.name != name:
             raise ValueError(

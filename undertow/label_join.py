@@ -92,7 +92,12 @@ class PendingPrediction:
 
 
 class PendingStore(Protocol):
-    """Where pending predictions are kept, by event id: a ``dict`` does (the default)."""
+    """Where pending predictions are kept, by event id: a ``dict`` does (the default).
+
+    A store that also keeps the deadline map (``connectors.store.RocksJoinState``, on disk) has
+    a ``deadlines`` attribute (a :class:`DeadlineStore`); the join then uses that one too, so
+    nothing it holds per id stays in memory.
+    """
 
     def __setitem__(self, event_id: str, p: PendingPrediction, /) -> None: ...
     def get(self, event_id: str, /) -> PendingPrediction | None: ...
@@ -101,6 +106,21 @@ class PendingStore(Protocol):
     def __iter__(self) -> Iterator[str]: ...
     def __len__(self) -> int: ...
     def values(self) -> Any: ...
+
+
+class DeadlineStore(Protocol):
+    """What the join needs of its deadline map: :class:`DeadlineMap` in memory is the model."""
+
+    def __len__(self) -> int: ...
+    def get(self, key: str, /) -> tuple[int, int, Any] | None: ...
+    def put(self, key: str, state: int, deadline: int, value: Any = None, /) -> None: ...
+    def pop(self, key: str, /) -> tuple[int, int, Any] | None: ...
+    def count(self, state: int, /) -> int: ...
+    def contains(self, state: int, key: str, /) -> bool: ...
+    def iter_ids(self, state: int, /) -> Iterator[str]: ...
+    def pop_due(self, horizons: tuple[int | None, ...], /) -> tuple[str, int, int, Any] | None: ...
+    def pop_oldest(self, state: int, /) -> tuple[str, int, int, Any] | None: ...
+    def clear(self, state: int, /) -> list[tuple[str, Any]]: ...
 
 
 class Matched(NamedTuple):
@@ -171,6 +191,13 @@ class DeadlineMap:
         """A live, read-only view of the ids in ``state``."""
         return _Ids(self, state)
 
+    def contains(self, state: int, key: str) -> bool:
+        e = self.entries.get(key)
+        return e is not None and e[0] == state
+
+    def iter_ids(self, state: int) -> Iterator[str]:
+        return (k for k, e in self.entries.items() if e[0] == state)
+
     def _head(self, state: int) -> tuple[int, str] | None:
         order = self._order[state]
         entries = self.entries
@@ -232,19 +259,19 @@ class DeadlineMap:
 
 
 class _Ids(Set[str]):
+    """A live, read-only view of the ids in one state of a deadline map."""
+
     __slots__ = ("_map", "_state")
 
-    def __init__(self, dm: DeadlineMap, state: int) -> None:
+    def __init__(self, dm: DeadlineStore, state: int) -> None:
         self._map = dm
         self._state = state
 
     def __contains__(self, key: object) -> bool:
-        e = self._map.entries.get(key)  # type: ignore[call-overload]
-        return e is not None and e[0] == self._state
+        return isinstance(key, str) and self._map.contains(self._state, key)
 
     def __iter__(self) -> Iterator[str]:
-        state = self._state
-        return (k for k, e in self._map.entries.items() if e[0] == state)
+        return self._map.iter_ids(self._state)
 
     def __len__(self) -> int:
         return self._map.count(self._state)
@@ -267,7 +294,8 @@ class LabelJoin:
     Every method that can release labels appends what they became to ``results``, in order:
     :class:`Matched` or :class:`Unusable`. ``ttl_clock`` (a wall-clock getter, seconds) measures
     the TTLs in wall time from when an event was served or a label held; None, in event time.
-    ``pending`` is where pending predictions are stored (a new ``dict`` by default).
+    ``pending`` is where pending predictions are stored (a new ``dict`` by default); if it
+    has a ``deadlines`` attribute, that is the deadline map (else a new :class:`DeadlineMap`).
     """
 
     def __init__(
@@ -296,7 +324,10 @@ class LabelJoin:
         self.label_wm = Watermark(expected=label_partitions)
         self.event_wm = Watermark(expected=event_partitions)
         self.pending: PendingStore = pending if pending is not None else {}
-        self.deadlines = DeadlineMap(3)
+        store_deadlines = getattr(self.pending, "deadlines", None)
+        self.deadlines: DeadlineStore = (
+            DeadlineMap(3) if store_deadlines is None else store_deadlines
+        )
         self._waiting: list[tuple[int, int, Label]] = []  # (ts, seq, label): time not yet come
         self._seq = 0
         self.counts = JoinCounts()
@@ -306,12 +337,12 @@ class LabelJoin:
     @property
     def early(self) -> Set[str]:
         """Ids of the events whose label came first and waits."""
-        return self.deadlines.ids(EARLY)
+        return _Ids(self.deadlines, EARLY)
 
     @property
     def finished(self) -> Set[str]:
         """Ids of the events learned or expired, remembered for the label TTL."""
-        return self.deadlines.ids(FINISHED)
+        return _Ids(self.deadlines, FINISHED)
 
     @property
     def waiting_labels(self) -> int:
@@ -320,8 +351,15 @@ class LabelJoin:
 
     def is_served(self, event_id: str) -> bool:
         """True if an event with this id is pending or finished (a new one is a duplicate)."""
-        e = self.deadlines.entries.get(event_id)
+        e = self.deadlines.get(event_id)
         return e is not None and e[0] != EARLY
+
+    def attach(self) -> None:
+        """After a resume from a snapshot: a store on disk reopens itself as of that snapshot
+        (a ``dict`` needs nothing)."""
+        attach = getattr(self.pending, "attach", None)
+        if attach is not None:
+            attach()
 
     # -- the inputs -----------------------------------------------------------------------------
 
