@@ -55,6 +55,10 @@ class Settings(BaseModel):
     #: lost the topic, or retention deleted it): "fail" (exit status 5, the default: nothing is
     #: skipped or re-read unnoticed), "earliest" or "latest" (read on; docs/broker.md, Faults).
     on_data_loss: Literal["fail", "earliest", "latest"] = "fail"
+    #: Predictions after a crash: "at_least_once" (those scored after the last snapshot are
+    #: written again on restart) or "exactly_once" (connectors/transactional.py: each written
+    #: once; the topics must exist). docs/lifecycle.md, Delivery after a crash.
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
     #: The served model (the champion): a River expression such as
     #: "preprocessing.StandardScaler() | linear_model.LogisticRegression(l2=0.001)",

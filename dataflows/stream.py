@@ -57,6 +57,7 @@ from connectors.kafka import (
 )
 from connectors.settings import ConfigError, Settings, load_settings, parse_challengers
 from connectors.replies import reply_sink, with_stream_topics
+from connectors.transactional import ResumableSink, prediction_key, resumable_prediction_sink
 from operators.decode import decode_controls, decode_events, decode_labels, decode_requests
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
@@ -355,6 +356,9 @@ class Outputs:
             return self.sinks[name]
         if not self.kafka:
             return None
+        if name in ("predictions", "shadow") and s.delivery == "exactly_once":
+            if name == "predictions" or s.shadow_topic:
+                return resumable_prediction_sink(s, shadow=name == "shadow")
         if name == "predictions":
             return prediction_sink(s)
         if name == "deadletter":
@@ -454,6 +458,8 @@ def build_flow(
                "summaries": served.summaries}
     for name, out in streams.items():
         sink = outputs.sink(name, s)
+        if isinstance(sink, ResumableSink):  # routed to its lane by record key
+            out = op.key_on(f"{name}_lane", out, prediction_key)
         if sink is not None:
             op.output(f"{name}_out", out, sink)
     dead_streams = [events.errs, labels.errs, features.late, served.errs]
