@@ -38,6 +38,7 @@ import orjson
 from undertow.champions import Champions, ModelSlot, Promotion, PromotionRule
 from undertow.drift import ConceptDrift, FeatureDrift
 from undertow.ensemble import Ensemble, NoComponentScored
+from undertow.estimate import ConfidenceEstimate
 from undertow.label_join import (
     EXPIRY_CAPACITY,
     EXPIRY_TTL,
@@ -164,6 +165,9 @@ class SlotReport:
     drift_estimates: dict[str, float]
     #: multi-class: class -> (labels, decisions) of that class in the quality window now.
     classes: dict[Any, tuple[int, int]] = field(default_factory=dict)
+    #: binary champion: the estimated quality of its last quality-window served predictions
+    #: (:class:`~undertow.estimate.Estimate`), None for other slots or before calibration.
+    estimate: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,10 @@ class OnlineLearner:
 
     #: The ensemble slot's name (None: no ensemble).
     ensemble: str | None = None
+    #: The binary champion's quality estimate (undertow/estimate.py), and the (slot, version)
+    #: it estimates: a new champion or model starts a new one (class defaults: older pickles).
+    _estimate: ConfidenceEstimate | None = None
+    _estimate_of: tuple[str, int] | None = None
 
     def __init__(
         self,
@@ -426,6 +434,8 @@ class OnlineLearner:
             )
             if served is not None:
                 slot.score_drift.update(signal(served), ev.ts)
+        if kind == "binary" and champion in scores:
+            self._champion_estimate().update(scores[champion], ev.key)
         self._event_lags_s.append(now - ev.ts / 1000.0)
         self.feature_drift.update(x, ev.ts)  # event time: the warm-up is measured in it
         join.serve(ev.event_id, ev.key, x, scores, ev.ts, due)
@@ -599,10 +609,35 @@ class OnlineLearner:
             slot.last_learn_at = now
             slot.labels_learned += 1
             slot.since_swap += 1
+        if target.name == "binary":
+            served = scores.get(self.champions.champion)
+            if served is not None:
+                self._champion_estimate().learn(served, y, p.key)
         self._learned += 1
         self._label_delays_s.append((label.ts - p.event_ts) / 1000.0)
         if self.champions.rule is not None:
             self.champions.check(self.join.clock or 0)
+
+    def _champion_estimate(self) -> ConfidenceEstimate:
+        """The served model's quality estimate: fed with the scores it serves and, as their
+        labels come, calibrated on them; a new one when the champion or its version changes
+        (another model's scores mean something else)."""
+        slot = self.champions.served
+        key = (slot.name, slot.version)
+        if self._estimate is None or self._estimate_of != key:
+            self._estimate = ConfidenceEstimate(
+                self.config.quality_window, threshold=getattr(self.target, "threshold", 0.5))
+            self._estimate_of = key
+        return self._estimate
+
+    def estimate(self) -> Any:
+        """The binary champion's estimated accuracy and ROC AUC over its last quality-window
+        served predictions (:class:`~undertow.estimate.Estimate`), or None: another target, too
+        few labels yet, or the estimate belongs to a former champion."""
+        slot = self.champions.served
+        if self._estimate is None or self._estimate_of != (slot.name, slot.version):
+            return None
+        return self._estimate.get()
 
     def _model_error(self, record: Any, model: str, what: str, ex: Exception,
                      out: list[Any]) -> None:
@@ -657,6 +692,7 @@ class OnlineLearner:
                 {k: n - seen.get(k, 0) for k, n in detections.items()},
                 {"error": slot.error_drift.estimate, "score": slot.score_drift.estimate},
                 _class_counts(slot.quality),
+                self.estimate() if slot.name == champion else None,
             ))
             reported[slot.name] = (slot, slot.predictions, slot.labels_learned, detections)
         promoted = self.champions.promoted
