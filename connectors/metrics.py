@@ -220,6 +220,19 @@ R2 = Gauge("undertow_model_r2_ratio", "Rolling R² of served regression predicti
 #: Each target's rolling measures (undertow.targets.Target.metrics) -> its gauge.
 QUALITY_GAUGES = {"accuracy": ACCURACY, "log_loss": LOG_LOSS, "roc_auc": ROC_AUC,
                   "macro_f1": MACRO_F1, "mae": MAE, "rmse": RMSE, "r2": R2}
+#: The binary champion's estimated quality of its latest served predictions, labels pending
+#: (undertow/estimate.py), and its 95 % interval: Estimate.values() name -> gauge.
+ESTIMATE_GAUGES = {
+    f"{measure}{part}": Gauge(
+        f"undertow_model_estimated_{measure}{part}_ratio",
+        f"{what} {title} of the champion's last UNDERTOW_QUALITY_WINDOW served predictions, "
+        "estimated from its calibrated scores before their labels come.",
+        ["model"],
+    )
+    for measure, title in (("accuracy", "accuracy"), ("roc_auc", "ROC AUC"))
+    for part, what in (("", "Estimated"), ("_lower", "Lower 95 % bound of the estimated"),
+                       ("_upper", "Upper 95 % bound of the estimated"))
+}
 #: Multi-class: classes exported per model (the classes are the stream's, listed or learned;
 #: beyond this many, the rest are not exported, so the label set stays bounded).
 MAX_CLASSES_EXPORTED = 50
