@@ -97,6 +97,8 @@ class _ReportExporter:
         self.early = metrics.EARLY_LABELS.labels(model=m)
         self.early_expired = metrics.EARLY_LABELS_EXPIRED.labels(model=m)
         self.duplicates = metrics.DUPLICATE_EVENTS.labels(model=m)
+        #: the model whose estimated quality is exported (None: none yet)
+        self.estimated: str | None = None
 
     def export(self, r: StepReport) -> None:
         m = self.name
@@ -116,6 +118,7 @@ class _ReportExporter:
             metrics.MODEL_CLOCK.labels(model=m).set(r.clock / 1000.0)
         for slot in r.slots:
             self._export_slot(slot)
+        self._export_estimate(r)
         for feature, (psi, ks) in r.feature_drift.items():
             metrics.FEATURE_PSI.labels(model=m, feature=feature).set(psi)
             metrics.FEATURE_KS.labels(model=m, feature=feature).set(ks)
@@ -128,6 +131,22 @@ class _ReportExporter:
                         m, pr.new, pr.old, pr.ts, pr.reason)
         for slot in r.slots:
             metrics.CHAMPION.labels(model=slot.name).set(1.0 if slot.champion else 0.0)
+
+    def _export_estimate(self, r: StepReport) -> None:
+        """The champion's estimated quality (only the champion has one): a former champion's
+        series are removed, so no stale estimate stays beside the new one's."""
+        est = next((s for s in r.slots if s.estimate is not None), None)
+        name = est.name if est is not None else None
+        if self.estimated is not None and self.estimated != name:
+            for gauge in metrics.ESTIMATE_GAUGES.values():
+                try:
+                    gauge.remove(self.estimated)
+                except KeyError:
+                    pass
+        self.estimated = name
+        if est is not None:
+            for measure, value in est.estimate.values().items():
+                metrics.ESTIMATE_GAUGES[measure].labels(model=est.name).set(value)
 
     @staticmethod
     def _export_slot(s: SlotReport) -> None:
