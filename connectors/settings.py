@@ -76,6 +76,12 @@ class Settings(BaseModel):
     #: A label that comes before its event waits this long (event time) for it.
     early_label_ttl_s: float = Field(3_600.0, ge=0)
     max_pending: int = Field(1_000_000, gt=0)
+    #: Where the label join keeps pending predictions, early labels and finished ids: RocksDB,
+    #: one database per model step under this directory (connectors/store.py); empty = in
+    #: memory. Raise UNDERTOW_MAX_PENDING with it. docs/lifecycle.md, State on disk.
+    state_dir: str = ""
+    #: Checkpoints of the state on disk kept: the snapshots a restart may still resume from.
+    state_keep: int = Field(3, gt=0)
     quality_window: int = Field(1000, gt=0)
     #: Data drift: served vectors in the reference and recent windows, how often PSI/KS are
     #: recomputed, and after how many events the reference is replaced (0 = never).

@@ -165,9 +165,20 @@ def make_learner(
         ),
         wall_clock=None if replay else time.time,
         ensemble=ensemble,
+        pending=_state_on_disk(s, stream, champ),
     )
     learner.slots[champ].labels_learned = learned
     return learner
+
+
+def _state_on_disk(s: Settings, stream: StreamFile, step: str) -> Any:
+    """With UNDERTOW_STATE_DIR, the label join's state in RocksDB (a new, empty database for
+    this stream's model step); None (in memory) without."""
+    if not s.state_dir:
+        return None
+    from connectors.store import RocksJoinState
+
+    return RocksJoinState(Path(s.state_dir) / f"{stream.name}.{step}", keep=s.state_keep)
 
 
 def ensemble_of(s: Settings, stream: StreamFile) -> Ensemble | None:
