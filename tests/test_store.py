@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -367,3 +368,26 @@ def test_dataflow_aborted_and_resumed_from_its_recovery_store_stays_exact(tmp_pa
     assert_oracle(rows, preds, summaries, oracle, oracle_auc, order)
     ckpts = [n for n in os.listdir(tmp_path / "m") if n.startswith("ckpt-")]
     assert 1 <= len(ckpts) <= 3
+
+
+def test_a_backtest_with_the_state_on_disk_writes_the_same_bytes(tmp_path):
+    from connectors.replay import EVENT, LABEL, FileInput, ReplaySource
+    from dataflows.backtest import run_backtest
+    from harness.workload import WorkloadConfig, generate
+    from tests.test_backtest import write_jsonl
+
+    w = generate(WorkloadConfig(seed=12, n_events=800, n_cards=60, n_merchants=20))
+    events = write_jsonl(tmp_path / "events.jsonl", w.events)
+    labels = write_jsonl(tmp_path / "labels.jsonl", w.labels)
+    runs = []
+    for name, env in (("memory", {}), ("disk", {"UNDERTOW_STATE_DIR": str(tmp_path / "s")})):
+        replay = ReplaySource([FileInput(str(events), EVENT, "events")],
+                              [FileInput(str(labels), LABEL, "labels")])
+        run_backtest(replay, tmp_path / name, models=[("lr", "logreg")],
+                     env={"UNDERTOW_LABEL_TTL_S": "3600", **env})
+        runs.append({f: (tmp_path / name / f).read_bytes()
+                     for f in ("predictions.jsonl", "deadletters.jsonl", "report.json")})
+    assert runs[0] == runs[1]
+    report = json.loads(runs[0]["report.json"])
+    assert report["models"][0]["learned"] > 0 and b"expired_event" in runs[0]["deadletters.jsonl"]
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["fraud.lr"]  # it was on disk
