@@ -273,7 +273,28 @@ def binary_quality(d: db.Dashboard) -> db.Dashboard:
                            w=8, lo=0))
             .with_panel(ts("ROC AUC", "Rolling ROC AUC of served scores.",
                            [(f"max by (model) (undertow_model_roc_auc_ratio{{{M}}})",
-                             "{{model}}")], unit="percentunit", w=8, lo=0, hi=1)))
+                             "{{model}}")], unit="percentunit", w=8, lo=0, hi=1))
+            .with_row(row("Estimated quality (before the labels come)"))
+            .with_panel(_estimated("accuracy", "accuracy"))
+            .with_panel(_estimated("roc_auc", "ROC AUC")))
+
+
+def _estimated(measure: str, title: str) -> timeseries.Panel:
+    """The champion's estimate of its latest predictions' quality, its 95 % interval and the
+    realised rolling value beside it (undertow/estimate.py)."""
+    est = f"undertow_model_estimated_{measure}"
+    return ts(f"Estimated {title}",
+              f"The champion's {title} over its last UNDERTOW_QUALITY_WINDOW served "
+              "predictions, estimated from its scores (calibrated on its labelled ones) before "
+              "their labels come, with its 95 % interval; beside it the realised rolling value, "
+              "of older predictions. It holds while the calibration holds: after a concept "
+              "drift it stays optimistic until new labels come (docs/metrics.md).",
+              [(f"max by (model) ({est}_ratio{{{M}}})", "{{model}} estimated"),
+               (f"max by (model) ({est}_lower_ratio{{{M}}})", "{{model}} lower 95 %"),
+               (f"max by (model) ({est}_upper_ratio{{{M}}})", "{{model}} upper 95 %"),
+               (f"max by (model) (undertow_model_{measure}_ratio{{{M}}}) and on (model) "
+                f"{est}_ratio{{{M}}}", "{{model}} realised")],
+              unit="percentunit", lo=0, hi=1)
 
 
 def multiclass_quality(d: db.Dashboard) -> db.Dashboard:
