@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from undertow.drift import ConceptDrift
+from undertow.drift import ERROR_PH_THRESHOLD, ConceptDrift
 from undertow.targets import Binary, Target
 
 #: Models a slot keeps for ``rollback`` (newest last), and promotions kept for read-outs.
@@ -50,7 +50,8 @@ class ModelSlot:
     model: Any
     version: int
     quality: Any  # the target's rolling quality (undertow.quality)
-    error_drift: ConceptDrift = field(default_factory=ConceptDrift)
+    error_drift: ConceptDrift = field(
+        default_factory=lambda: ConceptDrift(ph_threshold=ERROR_PH_THRESHOLD))
     score_drift: ConceptDrift = field(default_factory=ConceptDrift)
     labels_learned: int = 0
     since_swap: int = 0
