@@ -293,7 +293,7 @@ def _estimated(measure: str, title: str) -> timeseries.Panel:
                (f"max by (model) ({est}_lower_ratio{{{M}}})", "{{model}} lower 95 %"),
                (f"max by (model) ({est}_upper_ratio{{{M}}})", "{{model}} upper 95 %"),
                (f"max by (model) (undertow_model_{measure}_ratio{{{M}}}) and on (model) "
-                f"{est}_ratio{{{M}}}", "{{model}} realised")],
+                f"max by (model) ({est}_ratio{{{M}}})", "{{model}} realised")],
               unit="percentunit", lo=0, hi=1)
 
 
