@@ -231,6 +231,9 @@ class OnlineLearner:
 
     #: The ensemble slot's name (None: no ensemble).
     ensemble: str | None = None
+    #: The newest label time accepted (the labels' clock for the future skew); a class default,
+    #: so a learner pickled before it existed resumes.
+    _label_newest: int | None = None
     #: The binary champion's quality estimate (undertow/estimate.py), and the (slot, version)
     #: it estimates: a new champion or model starts a new one (class defaults: older pickles).
     _estimate: ConfidenceEstimate | None = None
@@ -488,12 +491,18 @@ class OnlineLearner:
         self._labels += 1
         skew = self.config.max_future_skew_ms
         if skew is not None:
-            clock = max(self.join.clock or 0, int(label.read_at * 1000))
+            # The labels' own clock (the newest label time accepted, or the wall time the label
+            # was read if later), as the first feature step judges events by theirs: a label
+            # may well run ahead of the events (a backlog read faster on the labels side).
+            newest = self._label_newest
+            clock = max(newest or 0, int(label.read_at * 1000))
             if clock and label.ts > clock + skew:
                 self._dead_letter(label, FUTURE_EVENT, f"label time {label.ts} is more than "
-                                  f"{skew} ms ahead of the clock {clock} "
+                                  f"{skew} ms ahead of the labels' clock {clock} "
                                   "(UNDERTOW_MAX_FUTURE_SKEW_S)", out)
                 return
+            if newest is None or label.ts > newest:
+                self._label_newest = label.ts
         due: list[Any] = []
         self.join.on_label(label, due)
         if due:
