@@ -22,6 +22,7 @@ import os
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
@@ -40,6 +41,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from connectors import metrics, summary
+from connectors.alignment import EVENTS, LABELS, AlignedPartition, SourceAlignment, record_time
 from connectors.settings import ConfigError, Settings
 from undertow.errors import UndertowError
 from undertow.schema import DeadLetter, Prediction
@@ -285,18 +287,34 @@ class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
     Tansu answers it with no records and its true high watermark, so a position above the
     watermark in two statistics reports in a row, with nothing read between them, is taken as
     the same fault.
+
+    Catch-up (``aligned``, :mod:`connectors.alignment`): a labels partition reports the newest
+    time it emitted (the records' ``time_field``) and whether it is at its end (partition EOF,
+    and nothing read since); an events partition also emits only the records the alignment
+    allows, keeps the others in order (it reads no more until they are out) and reports the
+    time of the next one. Its state is then the offset of the first record it has not emitted.
+    ``stop_at_end`` (bounded runs) stops at partition EOF; a live run with alignment asks for
+    EOF only to know when a partition is caught up.
     """
 
     def __init__(
         self, step_id: str, config: dict[str, Any], topic: str, partition: int, offset: int,
         batch_size: int, *, bootstrap: str = "", on_data_loss: str = "fail",
         outage_s: float = MESSAGE_TIMEOUT_MS / 1000, setting: str | None = None,
+        aligned: AlignedPartition | None = None, time_field: str = "ts",
+        stop_at_end: bool = True,
     ) -> None:
         self._topic = topic
         self._partition = partition
         self._offset = offset
         self._batch_size = batch_size
         self._eof = False
+        self._stop_at_end = stop_at_end
+        self._aligned = aligned
+        self._time_field = time_field
+        self._newest: int | None = None  # the newest record time emitted (aligned only)
+        # Records read and held back by the alignment (events), with their times, in order.
+        self._held: deque[tuple[KafkaRecord, int | None]] = deque()
         self._bootstrap = bootstrap
         self._on_data_loss = on_data_loss
         self._outage_s = outage_s
@@ -361,8 +379,60 @@ class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
         self._lost = None
 
     def next_batch(self) -> list[KafkaRecord]:
-        if self._eof:
-            raise StopIteration
+        aligned = self._aligned
+        if aligned is None:
+            if self._eof:
+                raise StopIteration
+            return self._read()
+        if aligned.side == LABELS:  # labels never wait: read, then say how far they are
+            if self._eof and self._stop_at_end:
+                raise StopIteration
+            out = self._read()
+            self._newest = self._newest_of(out, self._newest)
+            aligned.report(self._newest, at_end=self._eof)
+            return out
+        if not self._held:
+            if self._eof and self._stop_at_end:
+                raise StopIteration
+            field = self._time_field
+            self._held.extend((r, record_time(r.value, field)) for r in self._read())
+        return self._release(aligned)
+
+    def _newest_of(self, records: list[KafkaRecord], newest: int | None) -> int | None:
+        field = self._time_field
+        for r in records:
+            ts = record_time(r.value, field)
+            if ts is not None and (newest is None or ts > newest):
+                newest = ts
+        return newest
+
+    def _release(self, aligned: AlignedPartition) -> list[KafkaRecord]:
+        """The held records the alignment lets out now, in order (one without a readable time
+        goes when it is first: the decoder dead-letters it); report where this partition is."""
+        held = self._held
+        out: list[KafkaRecord] = []
+        limit = aligned.limit()
+        newest = self._newest
+        while held:
+            record, ts = held[0]
+            if ts is not None:
+                if limit is not None and ts > limit:
+                    break
+                if newest is None or ts > newest:
+                    newest = ts
+            out.append(record)
+            held.popleft()
+        self._newest = newest
+        if held:
+            position = held[0][1] if held[0][1] is not None else newest
+            aligned.report(position, at_end=False)
+        else:
+            aligned.report(newest, at_end=self._eof)
+        return out
+
+    def _read(self) -> list[KafkaRecord]:
+        """One batch from the consumer, with the faults checked (docs/broker.md, Faults);
+        partition EOF sets ``_eof`` (and a record read after it clears it)."""
         topic, partition = self._topic, self._partition
         out: list[KafkaRecord] = []
         last = None
@@ -370,8 +440,10 @@ class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    self._eof = True  # emit this batch; stop at the next call
-                    break
+                    self._eof = True  # emit this batch; stop at the next call (bounded)
+                    if self._stop_at_end:
+                        break
+                    continue
                 if err.code() == KafkaError._AUTO_OFFSET_RESET:  # Kafka: out of range
                     low, high = self._consumer.get_watermark_offsets(
                         TopicPartition(topic, partition), timeout=CONNECT_TIMEOUT_S)
@@ -383,6 +455,7 @@ class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
                 continue
             last = msg.offset()
             out.append(KafkaRecord(msg.key(), msg.value(), topic, partition, last))
+            self._eof = False  # live: records after an EOF; caught up again at the next EOF
         if last is not None:
             self._offset = last + 1
             self._above = 0
@@ -399,9 +472,15 @@ class _RecordPartition(StatefulSourcePartition[KafkaRecord, int]):
         return out
 
     def snapshot(self) -> int:
+        # Held records are not emitted yet: a resumed partition reads them again.
+        for record, _ in self._held:
+            if record.offset >= 0:
+                return record.offset
         return self._offset
 
     def close(self) -> None:
+        if self._aligned is not None:
+            self._aligned.leave()
         self._consumer.close()
 
 
@@ -413,6 +492,9 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
     dataflow uses. Offsets are Bytewax recovery state, as there; no consumer group is used.
     ``tail=False`` stops at the end of each partition (partition EOF, which is exact on Kafka
     and Tansu alike, unlike Tansu's reported high watermark).
+
+    With an ``alignment`` (:mod:`connectors.alignment`), its partitions take part as ``side``
+    (events or labels), timed by the records' ``time_field``.
     """
 
     def __init__(
@@ -426,7 +508,16 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
         batch_size: int = 1000,
         setting: str | None = None,
         on_data_loss: str = "fail",
+        alignment: SourceAlignment | None = None,
+        side: str = EVENTS,
+        time_field: str = "ts",
     ) -> None:
+        if side not in (EVENTS, LABELS):
+            raise ValueError(f"KafkaRecordSource: side must be {EVENTS!r} or {LABELS!r}, "
+                             f"got {side!r}")
+        self._alignment = alignment
+        self._side = side
+        self._time_field = time_field
         self._setting = setting
         self._on_data_loss = on_data_loss
         self._brokers = brokers
@@ -455,6 +546,8 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
                     f" {why}"
                 )
             parts.extend(f"{i}-{topic}" for i in sorted(t.partitions))
+        if self._alignment is not None:
+            self._alignment.expect(self._side, len(parts))
         return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RecordPartition:
@@ -463,7 +556,8 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
             "group.id": "undertow-unused",  # offsets live in Bytewax recovery, not a group
             "enable.auto.commit": "false",
             "bootstrap.servers": ",".join(self._brokers),
-            "enable.partition.eof": str(not self._tail).lower(),
+            # EOF ends a bounded run; with alignment it also says a partition is caught up.
+            "enable.partition.eof": str(not self._tail or self._alignment is not None).lower(),
             "statistics.interval.ms": 1000,
             # Kafka: an offset the broker no longer has is an error, answered per
             # UNDERTOW_ON_DATA_LOSS, not librdkafka's silent reset to the end.
@@ -472,10 +566,14 @@ class KafkaRecordSource(FixedPartitionedSource[KafkaRecord, int]):
         }
         outage_ms = float(config.pop("message.timeout.ms", MESSAGE_TIMEOUT_MS))
         offset = self._starting_offset if resume_state is None else resume_state
+        aligned = None
+        if self._alignment is not None:
+            aligned = self._alignment.join(self._side, f"{step_id}/{for_part}")
         return _RecordPartition(
             step_id, config, topic, int(idx), offset, self._batch_size,
             bootstrap=",".join(self._brokers), on_data_loss=self._on_data_loss,
-            outage_s=outage_ms / 1000, setting=self._setting,
+            outage_s=outage_ms / 1000, setting=self._setting, aligned=aligned,
+            time_field=self._time_field, stop_at_end=not self._tail,
         )
 
 
@@ -514,10 +612,14 @@ def fetch_limits(max_record_bytes: int) -> dict[str, str]:
     }
 
 
-def kafka_source(settings: Settings, topic: str) -> KafkaRecordSource:
+def kafka_source(
+    settings: Settings, topic: str, *, alignment: SourceAlignment | None = None,
+    side: str = EVENTS, time_field: str = "ts",
+) -> KafkaRecordSource:
     """A bounded (``tail=False``) or live source over every partition of ``topic``, with
     librdkafka's fetch limits set for ``UNDERTOW_MAX_RECORD_BYTES`` (:func:`fetch_limits`;
-    options given in ``UNDERTOW_KAFKA_OPT_*`` win)."""
+    options given in ``UNDERTOW_KAFKA_OPT_*`` win); with ``alignment``, as the ``side`` it names
+    (:mod:`connectors.alignment`), timed by the records' ``time_field``."""
     opts = settings.librdkafka()
     if "max.partition.fetch.bytes" in opts:  # librdkafka's alias: one of the two, not both
         opts.setdefault("fetch.message.max.bytes", opts.pop("max.partition.fetch.bytes"))
@@ -529,6 +631,9 @@ def kafka_source(settings: Settings, topic: str) -> KafkaRecordSource:
         add_config={**_CONSUMER_DEFAULTS, **fetch_limits(settings.max_record_bytes), **opts},
         batch_size=settings.source_batch_size,
         on_data_loss=settings.on_data_loss,
+        alignment=alignment,
+        side=side,
+        time_field=time_field,
         setting=next(
             (f"UNDERTOW_{name.upper()}"
              for name in ("events_topic", "labels_topic", "control_topic")
