@@ -45,7 +45,8 @@ of them with a ``test_tansu_gap_*`` test that fails once Tansu behaves like Kafk
 
 What works as on Kafka: produce/fetch with keys, values, headers (order, duplicates
 and null values kept) and CreateTime timestamps; contiguous offsets from 0; gzip,
-snappy, lz4 and zstd; the idempotent producer; transactions; committed offsets and
+snappy, lz4 and zstd; the idempotent producer; transactions (begin, commit, abort, fencing;
+but a ``read_committed`` consumer is shown aborted records too); committed offsets and
 consumer-group resume; topic creation and deletion.
 """
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_END,
     TIMESTAMP_CREATE_TIME,
     Consumer,
@@ -551,3 +552,42 @@ def test_tansu_gap_log_append_time_config_is_ignored(kafka: EmbeddedKafka) -> No
     produce(kafka.bootstrap_servers, name, [{"value": b"x", "timestamp": TS0}])
     (msg,) = read_all(kafka.bootstrap_servers, name, 1)
     assert msg.timestamp() == (TIMESTAMP_CREATE_TIME, TS0)  # ...but not applied
+
+
+def test_tansu_gap_read_committed_consumers_see_aborted_records(
+    kafka: EmbeddedKafka, topics: TopicFactory
+) -> None:
+    """Transactions commit, abort and fence, and a read_committed consumer waits for an open
+    one; but it is then shown the aborted records too (Kafka hides them). Why
+    ``UNDERTOW_DELIVERY=exactly_once`` does not rest on transactions (docs/lifecycle.md)."""
+    name = topics("tx")["tx"]
+    p = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                  "transactional.id": f"tx-{uuid.uuid4().hex[:8]}"})
+    p.init_transactions(10)
+    p.begin_transaction()
+    p.produce(name, b"aborted")
+    p.flush(10)
+    p.abort_transaction(10)
+    p.begin_transaction()
+    p.produce(name, b"committed")
+    p.commit_transaction(10)
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "unused",
+                         "isolation.level": "read_committed", "enable.partition.eof": True,
+                         "fetch.wait.max.ms": 20})
+    consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            m = consumer.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    break
+                continue
+            got.append(m.value())
+    finally:
+        consumer.close()
+    assert b"committed" in got
+    assert b"aborted" in got, "Tansu now hides aborted records: transactions could be used"
