@@ -51,6 +51,10 @@ class Settings(BaseModel):
     #: Where a new dataflow starts reading: "earliest" or "latest". Recovery resumes regardless.
     start_from: Literal["earliest", "latest"] = "earliest"
     source_batch_size: int = Field(1000, gt=0)
+    #: Catch-up: an events partition pauses while it is more than this (seconds of event time)
+    #: ahead of the slowest labels or events partition still reading a backlog, so a backlog is
+    #: learned as the replay learns it (connectors/alignment.py, docs/broker.md); 0 = off.
+    max_source_lag_s: float = Field(1.0, ge=0)
     #: What a source does when the broker no longer has the offset it reads next (the broker
     #: lost the topic, or retention deleted it): "fail" (exit status 5, the default: nothing is
     #: skipped or re-read unnoticed), "earliest" or "latest" (read on; docs/broker.md, Faults).

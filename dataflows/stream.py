@@ -38,6 +38,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from connectors import metrics
+from connectors.alignment import SourceAlignment
 from connectors.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -303,9 +304,19 @@ class LiveInputs:
     sources: dict[str, Any] = field(default_factory=dict)
     ordered = False
 
-    def attach(self, flow: Dataflow, s: Settings) -> RawInputs:
+    def attach(self, flow: Dataflow, s: Settings, stream: StreamFile | None = None) -> RawInputs:
+        # Catch-up: the events topic is read no further ahead of the labels than
+        # UNDERTOW_MAX_SOURCE_LAG_S of event time (connectors/alignment.py, docs/broker.md).
+        lag_ms = round(s.max_source_lag_s * 1000)
+        align = SourceAlignment(lag_ms) if lag_ms > 0 else None
+        times = {"events": stream.events.ts_field if stream else "ts",
+                 "labels": stream.labels.ts_field if stream else "ts"}
+
         def inp(name: str, topic: str) -> Stream[KafkaRecord]:
-            return op.input(name, flow, self.sources.get(name) or kafka_source(s, topic))
+            source = self.sources.get(name) or (
+                kafka_source(s, topic, alignment=align, side=name, time_field=times[name])
+                if name in times else kafka_source(s, topic))
+            return op.input(name, flow, source)
 
         control = requests = None
         if "control" in self.sources or s.control_topic:
@@ -331,7 +342,7 @@ class ReplayInputs:
     replay: Any
     ordered = True
 
-    def attach(self, flow: Dataflow, s: Settings) -> RawInputs:
+    def attach(self, flow: Dataflow, s: Settings, stream: StreamFile | None = None) -> RawInputs:
         merged = op.input("replay", flow, self.replay)
         split = op.branch("split_replay", merged, lambda r: r.topic in self.replay.event_topics)
         return RawInputs(split.trues, split.falses, None)
@@ -420,7 +431,7 @@ def build_flow(
     ordered = inputs.ordered
 
     flow = Dataflow(f"undertow_{stream.name}")
-    raw = inputs.attach(flow, s)
+    raw = inputs.attach(flow, s, stream)
     controls = control_errs = None
     if raw.control is not None:
         decoded_control = decode_controls("decode_control", raw.control,
