@@ -80,7 +80,7 @@ def key_partition(key: str, partitions: int) -> int:
     partition with either delivery).
 
     >>> key_partition("c1", 3), key_partition("c2", 3)
-    (2, 0)
+    (2, 1)
     """
     return zlib.crc32(key.encode()) % partitions
 
