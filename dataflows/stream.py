@@ -298,8 +298,10 @@ class RawInputs:
 class LiveInputs:
     """The live inputs: each of ``events``, ``labels``, ``control``, ``requests`` from the given
     Bytewax source (tests) or else from its Kafka topic (``control`` only when
-    ``UNDERTOW_CONTROL_TOPIC`` is set, ``requests`` when ``UNDERTOW_REQUESTS_TOPIC`` is). Watermarks wait for every partition of a Kafka topic, asked of the broker at run time
-    on the worker (building the graph does no I/O); a given source's partitions are not known."""
+    ``UNDERTOW_CONTROL_TOPIC`` is set, ``requests`` when ``UNDERTOW_REQUESTS_TOPIC`` is). Events
+    and labels are read aligned by event time (catch-up); commands and requests never wait.
+    Watermarks wait for every partition of a Kafka topic, asked of the broker at run time on
+    the worker (building the graph does no I/O); a given source's partitions are not known."""
 
     sources: dict[str, Any] = field(default_factory=dict)
     ordered = False
