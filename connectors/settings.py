@@ -79,7 +79,9 @@ class Settings(BaseModel):
     label_ttl_s: float | None = Field(None, gt=0)
     #: A label that comes before its event waits this long (event time) for it.
     early_label_ttl_s: float = Field(3_600.0, ge=0)
-    max_pending: int = Field(1_000_000, gt=0)
+    #: Cap on predictions waiting for labels (the oldest expire first). Unset: 1M in memory,
+    #: 1G with UNDERTOW_STATE_DIR (on disk, where 10M take 2.3 GB: docs/lifecycle.md).
+    max_pending: int | None = Field(None, gt=0)
     #: Where the label join keeps pending predictions, early labels and finished ids: RocksDB,
     #: one database per model step under this directory (connectors/store.py); empty = in
     #: memory. Raise UNDERTOW_MAX_PENDING with it. docs/lifecycle.md, State on disk.

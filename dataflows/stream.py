@@ -73,6 +73,11 @@ from undertow.stream import Stream as StreamFile
 from undertow.targets import Target, target
 from undertow.stream import load_stream
 
+#: UNDERTOW_MAX_PENDING when unset: in memory a pending prediction holds about 1.5 KB; on disk
+#: (UNDERTOW_STATE_DIR) about 230 bytes of disk and no memory of its own.
+MAX_PENDING_IN_MEMORY = 1_000_000
+MAX_PENDING_ON_DISK = 1_000_000_000
+
 #: The shipped stream files.
 STREAMS = Path(__file__).resolve().parents[1] / "streams"
 
@@ -138,7 +143,8 @@ def make_learner(
         label_ttl_ms=stream.label_ttl_ms if s.label_ttl_s is None else int(s.label_ttl_s * 1000),
         early_label_ttl_ms=int(settings.early_label_ttl_s * 1000),
         ttl_clock=s.label_ttl_clock,
-        max_pending=settings.max_pending,
+        max_pending=settings.max_pending or (
+            MAX_PENDING_ON_DISK if settings.state_dir else MAX_PENDING_IN_MEMORY),
         threshold=settings.threshold,
         quality_window=settings.quality_window,
         label_partitions=label_partitions,

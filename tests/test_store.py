@@ -391,3 +391,15 @@ def test_a_backtest_with_the_state_on_disk_writes_the_same_bytes(tmp_path):
     report = json.loads(runs[0]["report.json"])
     assert report["models"][0]["learned"] > 0 and b"expired_event" in runs[0]["deadletters.jsonl"]
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["fraud.lr"]  # it was on disk
+
+
+def test_the_pending_cap_is_a_million_in_memory_and_a_billion_on_disk(tmp_path):
+    from connectors.settings import load_settings
+    from dataflows.stream import make_learner, shipped
+
+    fraud = shipped("fraud")
+    caps = [make_learner(load_settings(env), fraud, replay=True).join.max_pending for env in (
+        {}, {"UNDERTOW_STATE_DIR": str(tmp_path / "a")},
+        {"UNDERTOW_STATE_DIR": str(tmp_path / "b"), "UNDERTOW_MAX_PENDING": "5000"},
+        {"UNDERTOW_MAX_PENDING": "7"})]
+    assert caps == [1_000_000, 1_000_000_000, 5000, 7]
