@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="give up waiting for the lag to reach 0 after this long")
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--json", type=Path, help="write every sample and the rows here")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting of the dataflow (repeatable), e.g. "
+                         "UNDERTOW_KAFKA_OPT_QUEUED_MAX_MESSAGES_KBYTES=8192")
     args = ap.parse_args(argv)
 
     with EmbeddedKafka() as kafka:
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                "UNDERTOW_EVENTS_TOPIC": names["events"], "UNDERTOW_LABELS_TOPIC": names["labels"],
                "UNDERTOW_PREDICTIONS_TOPIC": names["predictions"],
                "UNDERTOW_DEADLETTER_TOPIC": names["deadletter"],
-               "BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port)}
+               "BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port),
+               **dict(e.split("=", 1) for e in args.env)}
         flow = start_dataflow("dataflows.fraud:flow", env=env)
         try:
             flow.wait_ready(lambda: _scrapes(port), timeout=60, what="serving /metrics")
