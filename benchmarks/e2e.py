@@ -50,7 +50,6 @@ import json
 import os
 import platform
 import pstats
-import statistics
 import sys
 import time
 from importlib.metadata import version
@@ -66,10 +65,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.testing import TestingSink, TestingSource, run_main  # noqa: E402
 
 from connectors.kafka import KafkaRecord, ProducerSink, encode_prediction  # noqa: E402
+from benchmarks.stats import percentiles_ms  # noqa: E402
 from connectors.settings import Settings, load_settings  # noqa: E402
 from dataflows.stream import build_flow, shipped  # noqa: E402
-
-FRAUD = shipped("fraud")
 from harness.generate import KafkaSink  # noqa: E402
 from harness.generate import run as write_workload  # noqa: E402
 from harness.kafka import EmbeddedKafka, count_records  # noqa: E402
@@ -78,21 +76,13 @@ from undertow.models import MODELS, make_model  # noqa: E402
 from undertow.reference import run_reference  # noqa: E402
 from undertow.schema import Prediction  # noqa: E402
 
+FRAUD = shipped("fraud")
+
 #: Records per TestingSource batch: the Kafka source's default ``source_batch_size``.
 BATCH = 1000
 
 
 # ----------------------------------------------------------------------------- numbers
-
-
-def percentiles_ms(latencies_s: list[float]) -> tuple[float | None, float | None]:
-    """Exact p50 and p99 in milliseconds (``statistics.quantiles``, inclusive method)."""
-    if not latencies_s:
-        return None, None
-    if len(latencies_s) == 1:
-        return latencies_s[0] * 1000, latencies_s[0] * 1000
-    q = statistics.quantiles(latencies_s, n=100, method="inclusive")
-    return q[49] * 1000, q[98] * 1000
 
 
 def result(name: str, n: int, seconds: float, latencies_s: list[float]) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import threading
 import time
@@ -53,6 +52,7 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
+from benchmarks.stats import percentiles_ms  # noqa: E402
 from harness.dataflow import start_dataflow  # noqa: E402
 from harness.kafka import EmbeddedKafka, end_offsets, free_port  # noqa: E402
 from harness.process import ChildProcess  # noqa: E402
@@ -60,16 +60,6 @@ from harness.workload import WorkloadConfig, generate  # noqa: E402
 
 #: Seconds a request may wait for its reply after the last one was sent, then it is lost.
 DRAIN_S = 5.0
-
-
-def percentiles_ms(latencies_s: list[float]) -> tuple[float | None, float | None]:
-    """Exact p50 and p99 in milliseconds (``statistics.quantiles``, inclusive method)."""
-    if not latencies_s:
-        return None, None
-    if len(latencies_s) == 1:
-        return latencies_s[0] * 1000, latencies_s[0] * 1000
-    q = statistics.quantiles(latencies_s, n=100, method="inclusive")
-    return q[49] * 1000, q[98] * 1000
 
 
 def row(path: str, mode: str, offered: float | None, sent: int, seconds: float,

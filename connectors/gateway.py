@@ -45,14 +45,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from connectors.settings import ConfigError, Settings, load_settings
+from connectors.settings import (
+    ConfigError,
+    Settings,
+    load_settings,
+    replies_topic,
+    with_stream_topics,
+)
 from undertow.errors import StreamError
 from undertow.schema import DeadLetter, EventSchema, decode_event
 from undertow.stream import Stream, load_stream
 
-#: The replies topic when neither ``UNDERTOW_REPLIES_TOPIC`` nor the stream file names one (the
-#: dataflow's default too, :data:`connectors.replies.DEFAULT_REPLIES_TOPIC`).
-DEFAULT_REPLIES_TOPIC = "replies"
 #: How many timed-out correlation ids are remembered to recognise their late replies; the
 #: oldest are forgotten first (a reply later still is then simply unknown and dropped).
 LATE_MEMORY = 100_000
@@ -273,15 +276,14 @@ class Gateway:
 
     def __init__(self, settings: Settings, stream: Stream, *, copy_id: str | None = None) -> None:
         # The variables win over the stream file's [requests] topics, as in the dataflow.
-        requests = settings.requests_topic or stream.requests_topic
-        if not requests:
+        settings = with_stream_topics(settings, stream)
+        if not settings.requests_topic:
             raise ConfigError("UNDERTOW_REQUESTS_TOPIC: the gateway needs the requests topic "
                               "(empty, and the stream file has no [requests] topic)")
         self.settings = settings
         self.stream = stream
-        self.requests_topic = requests
-        self.replies_topic = (settings.replies_topic or stream.replies_topic
-                              or DEFAULT_REPLIES_TOPIC)
+        self.requests_topic = settings.requests_topic
+        self.replies_topic = replies_topic(settings)
         self.copy_id = copy_id or f"gw{secrets.token_hex(4)}"
         self.metrics = GatewayMetrics(stream.name)
         self.router = ReplyRouter(self.copy_id, metrics=self.metrics)

@@ -6,12 +6,12 @@ import time
 
 from connectors import metrics
 from connectors.kafka import Encoded, ProducerSink
-from connectors.settings import Settings
+from connectors.settings import (  # noqa: F401 (with_stream_topics: re-exported)
+    Settings,
+    replies_topic,
+    with_stream_topics,
+)
 from undertow.requests import DESCRIBE, PREDICT, Reply
-from undertow.stream import Stream
-
-#: The reply topic when neither the request nor the settings name one.
-DEFAULT_REPLIES_TOPIC = "replies"
 
 
 def encode_reply(r: Reply) -> Encoded:
@@ -28,21 +28,6 @@ def observe_replies(replies: list[Reply]) -> None:
         by_kind.setdefault(r.kind, []).append(now - r.read_at)
     for kind, values in by_kind.items():
         metrics.REQUEST_LATENCY.observe_many(values, kind)
-
-
-def replies_topic(settings: Settings) -> str:
-    return settings.replies_topic or DEFAULT_REPLIES_TOPIC
-
-
-def with_stream_topics(settings: Settings, stream: Stream) -> Settings:
-    """The settings with the stream file's ``[requests]`` topics where the variables are unset
-    (``UNDERTOW_REQUESTS_TOPIC`` / ``UNDERTOW_REPLIES_TOPIC`` win)."""
-    update = {}
-    if not settings.requests_topic and stream.requests_topic:
-        update["requests_topic"] = stream.requests_topic
-    if not settings.replies_topic and stream.replies_topic:
-        update["replies_topic"] = stream.replies_topic
-    return settings.model_copy(update=update) if update else settings
 
 
 def reply_sink(settings: Settings) -> ProducerSink[Reply]:

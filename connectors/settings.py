@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,9 @@ from pydantic import (
 )
 
 from undertow.errors import ConfigError, UndertowError  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from undertow.stream import Stream
 
 PREFIX = "UNDERTOW_"
 KAFKA_OPT_PREFIX = f"{PREFIX}KAFKA_OPT_"
@@ -275,6 +278,27 @@ def _top_level_split(spec: str) -> list[str]:
         i += 1
     parts.append(spec[start:])
     return parts
+
+
+#: The replies topic when neither a request, the settings nor the stream file name one.
+DEFAULT_REPLIES_TOPIC = "replies"
+
+
+def with_stream_topics(settings: Settings, stream: Stream) -> Settings:
+    """The settings with the stream file's ``[requests]`` topics where the variables are unset
+    (``UNDERTOW_REQUESTS_TOPIC`` / ``UNDERTOW_REPLIES_TOPIC`` win): the dataflow's and the
+    gateway's one rule."""
+    update = {}
+    if not settings.requests_topic and stream.requests_topic:
+        update["requests_topic"] = stream.requests_topic
+    if not settings.replies_topic and stream.replies_topic:
+        update["replies_topic"] = stream.replies_topic
+    return settings.model_copy(update=update) if update else settings
+
+
+def replies_topic(settings: Settings) -> str:
+    """Where replies go when a request names no ``reply_to``."""
+    return settings.replies_topic or DEFAULT_REPLIES_TOPIC
 
 
 #: ``UNDERTOW_*`` variables that are not settings of a dataflow but are the project's all the same
