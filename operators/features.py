@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -53,6 +55,10 @@ class FeaturesOut:
     late: Stream[DeadLetter]
 
 
+#: How often a shard exports its metrics (state sizes, late, evicted, closed windows), at most.
+REPORT_EVERY_S = 0.5
+
+
 def _event_order(fe: FeaturedEvent) -> tuple[int, int, str]:
     ev = fe.event
     return (ev.ts, ev.seq, ev.event_id)
@@ -76,6 +82,10 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         self._evicted = state.evicted_entities
         self._misses = state.window_misses
         self._closed = metrics.WINDOWS_CLOSED.labels(step=step_id)
+        # The shard's metrics are exported at most every REPORT_EVERY_S, and at the end.
+        self._closed_owed = 0
+        self._next_report = 0.0
+        self._owed = False  # a batch since the last export
 
     def on_batch(self, values: list[FeaturedEvent]) -> tuple[list[Any], bool]:
         update = self.state.update
@@ -126,6 +136,16 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
         self._report(len(windows))
         return out, StatefulBatchLogic.RETAIN
 
+    def on_notify(self) -> tuple[list[Any], bool]:
+        self._report(0)
+        return [], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self._owed:
+            return None
+        wait = self._next_report - time.monotonic()
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, wait))
+
     def _request(self, fe: FeaturedEvent, newest: int | None) -> FeaturedEvent:
         """A request with this step's features as of its time, the state untouched; or with the
         error that stops it being scored (late, too far ahead, a record the features cannot
@@ -159,10 +179,18 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
     def on_eof(self) -> tuple[list[Any], bool]:
         windows: list[WindowAggregate] = []
         self.state.flush(windows)
-        self._report(len(windows))
+        self._report(len(windows), force=True)
         return windows, StatefulBatchLogic.RETAIN
 
-    def _report(self, closed: int) -> None:
+    def _report(self, closed: int, *, force: bool = False) -> None:
+        self._closed_owed += closed
+        now = time.monotonic()
+        if not force and now < self._next_report:
+            self._owed = True
+            return
+        self._next_report = now + REPORT_EVERY_S
+        self._owed = False
+        closed, self._closed_owed = self._closed_owed, 0
         st = self.state
         if st.late != self._late:
             metrics.LATE_EVENTS.labels(step=self.step_id).inc(st.late - self._late)
