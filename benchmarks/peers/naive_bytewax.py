@@ -12,8 +12,9 @@ Bytewax's ``KafkaSource`` reads both topics from the beginning to their end (``t
 :class:`undertow.features.GroupState` of the card group per card) and one keyed by merchant
 (likewise, with a day of allowed lateness: see ``LATENESS_MS``); then events and labels meet in
 one ``stateful_map`` with the single key ``"model"`` holding :class:`benchmarks.peers.Learner`,
-which scores the events and learns the labels; the predictions go out through Bytewax's ``KafkaSink``. The fetch wait and the producer's linger are
-the live dataflow's (20 ms, 5 ms). Importing it reads the environment only (and registers
+which scores the events and learns the labels; the predictions go out through Bytewax's
+``KafkaSink``. The fetch wait and the producer's linger are the live dataflow's (20 ms, 5 ms).
+Importing it reads the environment only (and registers
 :func:`benchmarks.peers.stamp_done_at_exit`).
 """
 
