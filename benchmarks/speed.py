@@ -250,6 +250,9 @@ def run_children(kafka: EmbeddedKafka, n: int, topic: str, children: list[ChildP
     read_at, written, ids = [], [], set()
     for m in msgs:
         p = orjson.loads(m.value())
+        if "read_at" not in p:
+            raise RuntimeError(f"a prediction on {topic!r} has no read_at (the launcher adds it "
+                               f"to undertow's Prediction.wire): {p}")
         read_at.append(p["read_at"])
         written.append(m.timestamp()[1] / 1000.0)
         ids.add(p["event_id"])
@@ -425,6 +428,8 @@ def print_table(medians: dict[str, dict[str, dict[str, Any]]], models: list[str]
                       f"{_f(r['cpu_s_per_1k'], '.3f')}, {_f(r['broker_cpu_s_per_1k'], '.3f')}",
                       _f(r["peak_rss_mb"], ",.0f")]
         print("| " + " | ".join(cells) + " |")
+    print("\nplain loop: latency = per-event compute (features + score), CPU = its process's; "
+          "others: latency = read -> produced, CPU over first read -> done; RSS = peak VmHWM")
 
 
 # ---------------------------------------------------------------------------------- memory
