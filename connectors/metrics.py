@@ -299,6 +299,29 @@ LABEL_DELAY = BatchHistogram(
 )
 
 
+# -- replicated mode (undertow/replica.py, docs/scaling.md) ----------------------------------------
+STALENESS_BUCKETS = (0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+                     100000.0)
+REPLICA_STALENESS = BatchHistogram(
+    "undertow_replica_staleness_labels",
+    "Per event a scoring replica served: labels the trainer's champion had learned that the "
+    "replica's copy had not, when the trainer received it.",
+    ["model"],
+    STALENESS_BUCKETS,
+)
+UPDATES_PUBLISHED = Counter(
+    "undertow_model_updates_published", "Model updates the trainer published.", ["model"])
+UPDATE_BYTES = Gauge(
+    "undertow_model_update_bytes", "Size of the newest model update (compressed).", ["model"])
+UPDATES_APPLIED = Counter(
+    "undertow_model_updates_applied", "Model updates swapped in by this process's replicas.",
+    ["model"])
+REPLICA_UPDATE_AGE = Gauge(
+    "undertow_replica_model_age_seconds",
+    "Wall time since the trainer published the update a replica serves with, at its last "
+    "batch (one series per replica).", ["model", "replica"])
+
+
 def declare_reasons(step: str) -> None:
     """Create every dead-letter series of a step at zero, so rate() works from the start."""
     for reason in DEAD_LETTER_REASONS:

@@ -162,6 +162,18 @@ class Settings(BaseModel):
     gateway_timeout_ms: int = Field(2_000, gt=0)
     gateway_max_batch: int = Field(1_000, gt=0)
 
+    #: How the model step scales (docs/scaling.md): "exact" (one model step that scores and
+    #: learns, in record order: equal to progressive validation; always for replays) or
+    #: "replicated" (a scoring replica of the models on every worker, one trainer that learns
+    #: and publishes versioned model updates; for more than one process).
+    model_mode: Literal["exact", "replicated"] = "exact"
+    #: Replicated mode: where the trainer publishes model updates, which every replica reads.
+    model_updates_topic: str = "model-updates"
+    #: Replicated mode: the trainer publishes an update after this many labels learned, or this
+    #: long after the first label learned since the last one, whichever comes first.
+    model_update_every_labels: int = Field(500, gt=0)
+    model_update_every_ms: int = Field(1_000, gt=0)
+
     @field_validator("kafka_bootstrap_servers", "events_topic", "labels_topic",
                      "predictions_topic", "deadletter_topic")
     @classmethod

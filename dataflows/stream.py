@@ -59,14 +59,17 @@ from connectors.kafka import (
 from connectors.settings import ConfigError, Settings, load_settings, parse_challengers
 from connectors.replies import reply_sink, with_stream_topics
 from connectors.transactional import ResumableSink, prediction_key, resumable_prediction_sink
+from connectors.updates import KafkaUpdates, MemoryUpdates
 from operators.decode import decode_controls, decode_events, decode_labels, decode_requests
 from operators.features import FeaturesOut, spec_features
 from operators.learning import serve_and_learn
+from operators.replicas import serve_replicas
 from undertow.drift import FeatureDrift
 from undertow.ensemble import Ensemble, from_stream
 from undertow.errors import StreamError
 from undertow.learning import LearnerConfig, OnlineLearner, PromotionRule
 from undertow.models import make_model
+from undertow.replica import Replica, UpdatePolicy
 from undertow.schema import DeadLetter, Event
 from undertow.features.state import spec_names
 from undertow.stream import Stream as StreamFile
@@ -178,6 +181,13 @@ def make_learner(
     return learner
 
 
+def make_replica(settings: Settings, stream: StreamFile) -> Replica:
+    """A scoring replica of the model step's models (replicated mode): the models the trainer
+    starts with (its checkpoint, or new ones from the same seed), until the first update."""
+    own = make_learner(settings.model_copy(update={"state_dir": ""}), stream)
+    return Replica.of(own)
+
+
 def _state_on_disk(s: Settings, stream: StreamFile, step: str) -> Any:
     """With UNDERTOW_STATE_DIR, the label join's state in RocksDB (a new, empty database for
     this stream's model step); None (in memory) without."""
@@ -211,6 +221,9 @@ def _store(s: Settings) -> ModelStore:
 
 def check_model_settings(s: Settings, stream: StreamFile) -> None:
     """Start-up checks of the model settings that need the file system: one clear line."""
+    if s.model_mode == "replicated" and s.delivery == "exactly_once":
+        raise ConfigError("UNDERTOW_MODEL_MODE: replicated mode writes predictions from every "
+                          "worker; UNDERTOW_DELIVERY=exactly_once needs exact mode")
     if (s.checkpoint_every_labels or s.checkpoint_every_s) and not s.model_dir:
         raise ConfigError("UNDERTOW_MODEL_DIR: must be set to write checkpoints "
                           "(UNDERTOW_CHECKPOINT_EVERY_LABELS / _EVERY_S)")
@@ -472,18 +485,35 @@ def build_flow(
             event_partitions=inputs.partitions(s, "events"),
         )
 
+    # Replicated mode (docs/scaling.md): replicas on every worker serve; the model step is the
+    # trainer, learning on what they served and publishing model updates. Replays are exact.
+    replicated = s.model_mode == "replicated" and not ordered
+    replicas = updates = None
+    if replicated:
+        updates = MemoryUpdates() if inputs.sources or not outputs.kafka else KafkaUpdates(s)
+        replicas = serve_replicas(
+            "replicas", features.featured, make_replica=lambda: make_replica(s, stream),
+            make_feed=updates.feed, reply_extra=reply_extra)
+
     gaps = op.merge("gaps", events.errs, labels.errs, features.late) if ordered else None
     served = serve_and_learn(
-        "model", features.featured, labels.oks, model_name=champion_name(s, stream),
+        "model", None if replicas is not None else features.featured, labels.oks,
+        model_name=champion_name(s, stream),
         make_learner=learner_at_run_time, controls=controls, gaps=gaps, ordered=ordered,
         load_model=model_loader(s) if s.model_dir else None,
         after_batch=checkpointer(s, stream, replay=ordered),
         requests=requests.describes if requests is not None else None,
         reply_extra=reply_extra,
         describe_extra={"features": list(spec_names(stream.features))},
+        served=replicas.served if replicas is not None else None,
+        publish=UpdatePolicy(s.model_update_every_labels, s.model_update_every_ms)
+        if replicated else None,
     )
+    if updates is not None:
+        op.output("model_updates_out", served.updates, updates.sink())
 
-    streams = {"predictions": served.predictions, "shadow": served.shadow,
+    scored = replicas if replicas is not None else served
+    streams = {"predictions": scored.predictions, "shadow": scored.shadow,
                "features": features.windows, "outcomes": served.outcomes,
                "summaries": served.summaries}
     for name, out in streams.items():
@@ -493,10 +523,15 @@ def build_flow(
         if sink is not None:
             op.output(f"{name}_out", out, sink)
     dead_streams = [events.errs, labels.errs, features.late, served.errs]
+    if replicas is not None:
+        dead_streams.append(replicas.errs)
     if control_errs is not None:
         dead_streams.append(control_errs)
     if requests is not None:
-        replies = op.merge("replies", requests.replies, served.replies)
+        answered = [requests.replies, served.replies]
+        if replicas is not None:
+            answered.append(replicas.replies)
+        replies = op.merge("replies", *answered)
         op.output("replies_out", replies, outputs.sink("replies", s))
         dead_streams.append(requests.errs)
     dead = op.flat_map_batch("count_dead_letters", op.merge("dead_letters", *dead_streams),

@@ -37,7 +37,9 @@ from undertow.learning import (
     SlotReport,
     StepReport,
 )
+from undertow.replica import ModelUpdate, UpdatePolicy, pack
 from undertow.requests import Reply, Request, answer, described, error_reply
+from undertow.serving import Served
 from undertow.schema import (
     BAD_CONTROL,
     CONTROL_COMMANDS,
@@ -69,6 +71,8 @@ class LearnOut:
     outcomes: Stream[Outcome]
     summaries: Stream[ModelSummary]
     replies: Stream[Reply]
+    #: replicated mode: the trainer's model updates (:mod:`undertow.replica`), else empty
+    updates: Stream[ModelUpdate]
 
 
 @dataclass
@@ -79,6 +83,8 @@ class ModelStepState:
     next_seq: int = 0
     buffer: list[tuple[int, int, Any]] = field(default_factory=list)  # (seq, tiebreak, record)
     tiebreak: int = 0
+    #: replicated mode: the model updates published (a restart goes on counting)
+    updates: int = 0
 
 
 class _ReportExporter:
@@ -111,6 +117,8 @@ class _ReportExporter:
         # The dead letters themselves (r.label_dead_letters, duplicates) are counted once, by
         # the graph's dead-letter tap, under the step their records name.
         metrics.LABEL_DELAY.observe_many(r.label_delays_s, m)
+        if r.staleness:
+            metrics.REPLICA_STALENESS.observe_many(r.staleness, m)
         metrics.EVENT_LAG.observe_many(r.event_lags_s, m)
         metrics.PENDING.labels(model=m).set(r.pending)
         metrics.EARLY_WAITING.labels(model=m).set(r.early_waiting)
@@ -194,8 +202,15 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
         after_batch: Callable[[OnlineLearner], None] | None,
         reply_extra: dict[str, Any] | None = None,
         describe_extra: dict[str, Any] | None = None,
+        publish: UpdatePolicy | None = None,
     ) -> None:
         self.step_id = step_id
+        self.publish = publish
+        # Replicated mode: what the last update had learned, and when a label was first
+        # learned since (monotonic); None: publish at the first batch (a restarted trainer's
+        # replicas get its models at once).
+        self._published_learned: int | None = None
+        self._learned_since: float | None = None
         self.reply_extra = reply_extra or {}
         self.describe_extra = describe_extra or {}
         self.state = state
@@ -227,8 +242,30 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
                     self._control(v, out)
                 else:
                     dispatch(learner, v, out)
+        if self.publish is not None:
+            self._maybe_publish(out)
         self._finish_batch(out)
         return out, StatefulBatchLogic.RETAIN
+
+    def _maybe_publish(self, out: list[Any], *, force: bool = False) -> None:
+        """Replicated mode: a model update when the policy says one is due."""
+        learner = self.state.learner
+        learned = learner.counts.learned
+        now = time.monotonic()
+        if self._published_learned is not None and not force:
+            since = learned - self._published_learned
+            if since <= 0:
+                return
+            if self._learned_since is None:
+                self._learned_since = now
+            if not self.publish.due(since, (now - self._learned_since) * 1000):  # type: ignore
+                return
+        self.state.updates += 1
+        update = pack(learner, self.state.updates, time.time())
+        self._published_learned, self._learned_since = learned, None
+        metrics.UPDATES_PUBLISHED.labels(model=learner.name).inc()
+        metrics.UPDATE_BYTES.labels(model=learner.name).set(len(update.models))
+        out.append(update)
 
     def _ordered(self, values: list[Any], out: list[Any]) -> None:
         st = self.state
@@ -258,15 +295,17 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
                 learner.on_event(v, out)
             elif t is Label:
                 learner.on_label(v, out)
+            elif t is Served:
+                learner.on_served(v, out)
             # a DeadLetter is a gap: its seq is used up, nothing reaches the models
         except Exception as ex:  # no record may crash the step: this one is a dead letter
             detail = f"{type(ex).__name__}: {ex}"[:500]
-            if t is FeaturedEvent:
+            if t is FeaturedEvent or t is Served:
                 out.append(DeadLetter.of_event(v.event, INVALID_RECORD, detail, self.step_id))
             else:
                 out.append(DeadLetter.of_label(v, INVALID_RECORD, detail, self.step_id))
             log.error("model step %r: record %r failed: %s", self.step_id,
-                      v.event.event_id if t is FeaturedEvent else v.event_id, detail)
+                      v.event.event_id if t is not Label else v.event_id, detail)
 
     def _answer(self, learner: OnlineLearner, v: FeaturedEvent | Request) -> Reply:
         """The reply to a request: scored by the champion, described, or the error that stopped
@@ -274,15 +313,7 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
         extra = self.reply_extra
         if type(v) is Request:
             return described(v, {**extra, **learner.describe(), **self.describe_extra})
-        req = v.request
-        if req.error is not None:
-            return error_reply(req.correlation_id, req.reply_to, *req.error, req.read_at,
-                               **extra)
-        try:
-            return answer(req, learner.answer(v), v.features, **extra)
-        except Exception as ex:
-            return error_reply(req.correlation_id, req.reply_to, MODEL_ERROR,
-                               f"{type(ex).__name__}: {ex}"[:500], req.read_at, **extra)
+        return answer_request(learner.answer, v, extra)
 
     def _control(self, c: Control, out: list[Any]) -> None:
         learner = self.state.learner
@@ -308,6 +339,8 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
             return
         metrics.CONTROL_COMMANDS.labels(command=c.command, result="ok").inc()
         log.warning("model step %r: %s", self.step_id, result)
+        if self.publish is not None:  # the replicas serve what the command made at once
+            self._maybe_publish(out, force=True)
 
     def _finish_batch(self, out: list[Any], *, export: bool = False) -> None:
         learner = self.state.learner
@@ -359,12 +392,26 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
         return self.state
 
 
+def answer_request(score: Callable[[FeaturedEvent], Prediction], v: FeaturedEvent,
+                   extra: dict[str, Any]) -> Reply:
+    """The reply to a featured ``predict`` request: ``score``'s prediction, or the error that
+    stopped it (before or while scoring); never a crash."""
+    req = v.request
+    if req.error is not None:
+        return error_reply(req.correlation_id, req.reply_to, *req.error, req.read_at, **extra)
+    try:
+        return answer(req, score(v), v.features, **extra)
+    except Exception as ex:
+        return error_reply(req.correlation_id, req.reply_to, MODEL_ERROR,
+                           f"{type(ex).__name__}: {ex}"[:500], req.read_at, **extra)
+
+
 def _record_order(v: Any) -> tuple[int, int, str]:
     """Time, a label before an event; events of one time by id (they reach the step from many
     feature shards, in no fixed order); labels of one time keep their order of arrival (the
     sort is stable), as ``simulate_qa`` reveals answers of one time in the order asked."""
     t = type(v)
-    if t is FeaturedEvent:
+    if t is FeaturedEvent or t is Served:
         return (v.event.ts, 1, v.event.event_id)
     if t is Label:
         return (v.ts, 0, "")
@@ -374,7 +421,7 @@ def _record_order(v: Any) -> tuple[int, int, str]:
 @operator
 def serve_and_learn(
     step_id: str,
-    events: Stream[FeaturedEvent],
+    events: Stream[FeaturedEvent] | None,
     labels: Stream[Label],
     *,
     model_name: str,
@@ -387,6 +434,8 @@ def serve_and_learn(
     requests: Stream[Request] | None = None,
     reply_extra: dict[str, Any] | None = None,
     describe_extra: dict[str, Any] | None = None,
+    served: Stream[Served] | None = None,
+    publish: UpdatePolicy | None = None,
 ) -> LearnOut:
     """Score every event with the learner's models and learn from each label when it is due.
 
@@ -397,6 +446,11 @@ def serve_and_learn(
     processed in ``seq`` order and ``gaps`` are the dead letters of records that will never
     arrive. ``load_model`` reads a checkpoint for ``swap``; ``after_batch`` runs after every
     batch (checkpointing).
+
+    Replicated mode (:mod:`undertow.replica`): ``served`` are the events scoring replicas
+    served (``events`` is then usually empty), learned on as served; with ``publish`` the step
+    emits a :class:`~undertow.replica.ModelUpdate` on ``updates`` when the policy says, after
+    every command, and at its first batch.
 
     >>> from bytewax.dataflow import Dataflow
     >>> from bytewax.testing import TestingSource, TestingSink, run_main
@@ -424,14 +478,16 @@ def serve_and_learn(
     for command in CONTROL_COMMANDS:
         for result in ("ok", "error"):
             metrics.CONTROL_COMMANDS.labels(command=command, result=result)
-    keyed = [
-        op.key_on("key_events", events, lambda _: name),
-        op.key_on("key_labels", labels, lambda _: name),
-    ]
+    keyed = [] if events is None else [op.key_on("key_events", events, lambda _: name)]
+    keyed.append(op.key_on("key_labels", labels, lambda _: name))
     if controls is not None:
         keyed.append(op.key_on("key_controls", controls, lambda _: name))
     if requests is not None:
         keyed.append(op.key_on("key_requests", requests, lambda _: name))
+    if served is not None:
+        keyed.append(op.key_on("key_served", served, lambda _: name))
+    if publish is not None:
+        metrics.UPDATES_PUBLISHED.labels(model=name)
     if gaps is not None:
         if not ordered:
             raise ValueError(f"serve_and_learn {step_id!r}: gaps are only used in ordered mode")
@@ -450,20 +506,22 @@ def serve_and_learn(
             )
         return _LearnerLogic(
             step_id, state, ordered=ordered, load_model=load_model, after_batch=after_batch,
-            reply_extra=reply_extra, describe_extra=describe_extra,
+            reply_extra=reply_extra, describe_extra=describe_extra, publish=publish,
         )
 
     out = op.key_rm("unkey", op.stateful_batch("learner", merged, build))
     preds = op.branch("split_predictions", out, lambda x: type(x) is Prediction)
-    served = op.branch("split_served", preds.trues, lambda p: p.served)
+    champion = op.branch("split_served", preds.trues, lambda p: p.served)
     rest = op.branch("split_errs", preds.falses, lambda x: type(x) is DeadLetter)
     outs = op.branch("split_outcomes", rest.falses, lambda x: type(x) is Outcome)
     ends = op.branch("split_replies", outs.falses, lambda x: type(x) is Reply)
+    tail = op.branch("split_updates", ends.falses, lambda x: type(x) is ModelUpdate)
     return LearnOut(
-        served.trues,  # type: ignore[arg-type]
-        served.falses,  # type: ignore[arg-type]
+        champion.trues,  # type: ignore[arg-type]
+        champion.falses,  # type: ignore[arg-type]
         rest.trues,  # type: ignore[arg-type]
         outs.trues,  # type: ignore[arg-type]
-        ends.falses,  # type: ignore[arg-type]
+        tail.falses,  # type: ignore[arg-type]
         ends.trues,  # type: ignore[arg-type]
+        tail.trues,  # type: ignore[arg-type]
     )

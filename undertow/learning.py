@@ -37,7 +37,7 @@ import orjson
 
 from undertow.champions import Champions, ModelSlot, Promotion, PromotionRule
 from undertow.drift import ConceptDrift, FeatureDrift
-from undertow.ensemble import Ensemble, NoComponentScored
+from undertow.ensemble import Ensemble
 from undertow.estimate import ConfidenceEstimate
 from undertow.label_join import (
     EXPIRY_CAPACITY,
@@ -59,6 +59,7 @@ from undertow.schema import (
     Outcome,
     Prediction,
 )
+from undertow.serving import Served, answer_slots, serve_slots
 from undertow.targets import Binary, Target
 from undertow.watermark import Watermark
 
@@ -199,6 +200,8 @@ class StepReport:
     clock: int | None
     champion: str
     slots: tuple[SlotReport, ...]
+    #: replicated mode: per event a replica served, the labels its champion was behind.
+    staleness: list[int] = field(default_factory=list)
 
 
 _DRIFT_STREAMS = ("error", "score")
@@ -238,6 +241,9 @@ class OnlineLearner:
     #: it estimates: a new champion or model starts a new one (class defaults: older pickles).
     _estimate: ConfidenceEstimate | None = None
     _estimate_of: tuple[str, int] | None = None
+    #: Replicated mode: per event a replica served, the labels its copy of the champion was
+    #: behind this one (None until the first; a class default, so older pickles resume).
+    _staleness: list[int] | None = None
 
     def __init__(
         self,
@@ -381,67 +387,73 @@ class OnlineLearner:
         """Advance the clock to the event, then score it; results are appended to ``out``."""
         ev = fe.event
         self._events += 1
+        if not self._advance(ev, out):
+            return
+        now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
+
+        def failed(model: str, ex: Exception) -> None:
+            self._model_error(ev, model, "score", ex, out)
+
+        champions = self.champions
+        served = serve_slots(champions.slots.values(), champions.champion, self.ensemble,
+                             self.target, fe, now, out, failed)
+        self._record(ev, fe.features, served, now, out)
+
+    def on_served(self, s: Served, out: list[Any]) -> None:
+        """An event a scoring replica served (replicated mode, :mod:`undertow.replica`): what
+        :meth:`on_event` does but the scoring, on the values the replica served. Its staleness
+        (the labels the champion has learned here that the replica's copy had not) is kept for
+        the report."""
+        ev = s.event
+        self._events += 1
+        if not self._advance(ev, out):
+            return
+        now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
+        behind = self.champions.served.labels_learned - s.labels_learned
+        if self._staleness is None:
+            self._staleness = [behind]
+        else:
+            self._staleness.append(behind)
+        self._record(ev, s.features, s.served, now, out)
+
+    def _advance(self, ev: Any, out: list[Any]) -> bool:
+        """Move the clock to the event and learn the labels due by it; False (and a dead
+        letter) if the event was already served."""
         join = self.join
         due: list[Any] = []
         join.advance(ev.partition, ev.ts, due)
         if due:
             self._settle(due, out)
-            due.clear()
         if join.is_served(ev.event_id):
             self._duplicates += 1
             out.append(DeadLetter.of_event(
                 ev, DUPLICATE_EVENT,
                 f"event {ev.event_id!r} was already scored by model step {self.name!r}",
                 self.name))
-            return
-        x = fe.features
-        now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
-        target = self.target
-        serve, decide, signal = target.serve, target.decide, target.signal
-        kind = target.name
-        champion = self.champions.champion
-        ensemble = self.ensemble
+            return False
+        return True
+
+    def _record(self, ev: Any, x: dict[str, float], served: dict[str, Any], now: float,
+                out: list[Any]) -> None:
+        """Keep what was served (slot name -> value) for the label, and watch it drift."""
+        slots = self.champions.slots
+        signal = self.target.signal
         scores: dict[str, Any] = {}
-        for slot in self.champions.slots.values():
-            try:
-                if slot.name == ensemble:  # the last slot: combines what the others served
-                    served = slot.model.combine(scores)
-                    if served is None:
-                        raise NoComponentScored("no component scored the event")
-                else:
-                    served = serve(slot.model, x)
-            except Exception as ex:  # a model that fails is named; the others still serve
-                self._model_error(ev, slot.name, "score", ex, out)
+        for name, value in served.items():
+            slot = slots.get(name)
+            if slot is None:  # a replica served a model since removed
                 continue
             slot.predictions += 1
-            if served is None:  # a cold regressor that predicts nothing yet (River's None)
-                predicted = None
-            else:
-                scores[slot.name] = served
-                predicted = decide(served)
-            out.append(
-                Prediction(
-                    ev.event_id,
-                    ev.key,
-                    served if kind == "binary" else None,
-                    predicted,
-                    slot.name,
-                    slot.version,
-                    slot.labels_learned,
-                    ev.ts,
-                    now,
-                    ev.read_at,
-                    slot.name == champion,
-                    served if kind == "multiclass" else None,
-                )
-            )
-            if served is not None:
-                slot.score_drift.update(signal(served), ev.ts)
-        if kind == "binary" and champion in scores:
+            if value is not None:
+                scores[name] = value
+                slot.score_drift.update(signal(value), ev.ts)
+        champion = self.champions.champion
+        if self.target.name == "binary" and champion in scores:
             self._champion_estimate().update(scores[champion], ev.key)
         self._event_lags_s.append(now - ev.ts / 1000.0)
         self.feature_drift.update(x, ev.ts)  # event time: the warm-up is measured in it
-        join.serve(ev.event_id, ev.key, x, scores, ev.ts, due)
+        due: list[Any] = []
+        self.join.serve(ev.event_id, ev.key, x, scores, ev.ts, due)
         if due:
             self._settle(due, out)
 
@@ -449,29 +461,9 @@ class OnlineLearner:
         """The champion's prediction for a request's features, as it would serve them now;
         nothing changes: no pending prediction, no count, no drift, no clock (River models do
         not learn in ``predict_*``). An ensemble champion combines its components' values."""
-        ev, x = fe.event, fe.features
-        target = self.target
-        slots = self.champions.slots
-        champion = self.champions.champion
-        slot = slots[champion]
-        if champion == self.ensemble:
-            scores = {}
-            for name, s in slots.items():
-                if name != champion:
-                    value = target.serve(s.model, x)
-                    if value is not None:
-                        scores[name] = value
-            served = slot.model.combine(scores)
-        else:
-            served = target.serve(slot.model, x)
-        kind = target.name
-        now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
-        return Prediction(
-            ev.event_id, ev.key, served if kind == "binary" else None,
-            None if served is None else target.decide(served), champion, slot.version,
-            slot.labels_learned, ev.ts, now, ev.read_at, True,
-            served if kind == "multiclass" else None,
-        )
+        now = self.wall_clock() if self.wall_clock is not None else fe.event.ts / 1000.0
+        return answer_slots(self.champions.slots, self.champions.champion, self.ensemble,
+                            self.target, fe, now)
 
     def describe(self) -> dict[str, Any]:
         """The served model and every slot, for a ``describe`` request."""
@@ -734,9 +726,11 @@ class OnlineLearner:
             clock=self.clock,
             champion=champion,
             slots=tuple(slots),
+            staleness=self._staleness or [],
         )
         self._label_delays_s = []
         self._event_lags_s = []
+        self._staleness = []
         self._reported = c
         self._reported_slots = reported
         self._reported_promotions = promoted
