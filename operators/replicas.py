@@ -2,9 +2,9 @@
 
 :func:`serve_replicas` is a stateless Bytewax step: it runs on whichever worker a featured event
 is on (the worker of its last feature shard), so decoding, features and serving scale with the
-workers and processes. Each worker thread keeps its own :class:`~undertow.replica.Replica`,
-built on first use, and before each batch polls its *feed* (:mod:`connectors.updates`) for the
-newest model update. A replica's state is derived: after a restart it starts from the newest
+workers and processes. Each process keeps one :class:`~undertow.replica.Replica`, built on
+first use and shared by its workers, and before each batch polls its *feed*
+(:mod:`connectors.updates`) for the newest model update. A replica's state is derived: after a restart it starts from the newest
 update on the feed, so Bytewax need not snapshot it.
 
 Each batch comes out as one bundle (predictions, shadow predictions, served records, replies,
@@ -55,7 +55,7 @@ class ReplicaOut:
 
 
 class _Worker:
-    """One worker's replica and feed."""
+    """One process's replica and feed."""
 
     def __init__(self, replica: Replica, feed: Any, reply_extra: dict[str, Any]) -> None:
         self.replica = replica
@@ -102,20 +102,24 @@ def serve_replicas(
     make_feed: Callable[[], Any],
     reply_extra: dict[str, Any] | None = None,
 ) -> ReplicaOut:
-    """Serve every featured event on the worker it is on, with that worker's replica.
+    """Serve every featured event on the worker it is on, with its process's replica.
 
-    ``make_replica`` builds a worker's replica (at run time, on the worker), ``make_feed`` its
-    feed of model updates (``poll() -> ModelUpdate | None``). Requests are answered with the
+    ``make_replica`` builds the replica (at run time, on a worker), ``make_feed`` its feed of model updates (``poll() -> ModelUpdate | None``). Requests are answered with the
     replica's champion (``reply_extra`` goes into every reply).
     """
-    local = threading.local()
+    # One replica per process, shared by its workers under a lock: Bytewax may call a step
+    # from another thread at each activation (seen with -i/-a), so a thread-local would be
+    # built anew per batch, and the workers of one process share the GIL anyway.
+    replicas: dict[int, _Worker] = {}
+    lock = threading.Lock()
     extra = reply_extra or {}
 
     def serve_batch(batch: list[FeaturedEvent]) -> list[_Bundle]:
-        w = getattr(local, "worker", None)
-        if w is None:
-            w = local.worker = _Worker(make_replica(), make_feed(), extra)
-        return [w.on_batch(batch)]
+        with lock:
+            w = replicas.get(os.getpid())
+            if w is None:
+                w = replicas[os.getpid()] = _Worker(make_replica(), make_feed(), extra)
+            return [w.on_batch(batch)]
 
     bundles = op.flat_map_batch("serve", featured, serve_batch)
     return ReplicaOut(
