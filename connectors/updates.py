@@ -59,6 +59,34 @@ def decode_update(value: bytes | None) -> ModelUpdate | None:
     return u
 
 
+def require_topic(client: Any, settings: Settings, topic: str, timeout_s: float = 10.0) -> Any:
+    """The updates topic's metadata; a missing topic is a bad setting, one line, exit 2. All
+    topics are listed: asking for one by name may create it (auto-creation), and so would the
+    trainer's first update, with the broker's default partitions."""
+    md = client.list_topics(timeout=timeout_s)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        why = "it does not exist" if t is None or not t.partitions else t.error.str()
+        fail(KafkaFault("bad_setting", f"undertow: bad setting: UNDERTOW_MODEL_UPDATES_TOPIC: "
+                        f"cannot read Kafka topic {topic!r} from "
+                        f"{settings.kafka_bootstrap_servers}: {why} (replicated mode: create "
+                        "it, one partition)", EXIT_BAD_SETTING, topic))
+    return t
+
+
+class _UpdatesSink(ProducerSink[ModelUpdate]):
+    """The trainer's sink: the topic must exist before the first update is written."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        super().__init__(settings, topic, encode_update)
+        self._settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
+        part = super().build(step_id, worker_index, worker_count)
+        require_topic(part._producer, self._settings, self._topic)
+        return part
+
+
 class KafkaUpdateFeed:
     """One replica's reader of the updates topic: :meth:`poll` returns the newest update read
     since the last call, or None."""
@@ -73,14 +101,7 @@ class KafkaUpdateFeed:
             **{k: v for k, v in settings.librdkafka().items() if k != "message.timeout.ms"},
         }
         self._consumer = Consumer(quiet(config))
-        md = self._consumer.list_topics(topic, timeout=timeout_s)
-        t = md.topics.get(topic)
-        if t is None or t.error is not None or not t.partitions:
-            why = "it does not exist" if t is None or not t.partitions else t.error.str()
-            fail(KafkaFault("bad_setting", f"undertow: bad setting: UNDERTOW_MODEL_UPDATES_TOPIC:"
-                            f" cannot read Kafka topic {topic!r} from "
-                            f"{settings.kafka_bootstrap_servers}: {why} (replicated mode: "
-                            "create it, one partition)", EXIT_BAD_SETTING, topic))
+        t = require_topic(self._consumer, settings, topic, timeout_s)
         parts = []
         for p in sorted(t.partitions):
             low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p),
@@ -116,7 +137,7 @@ class KafkaUpdates:
         self.topic = settings.model_updates_topic
 
     def sink(self) -> ProducerSink[ModelUpdate]:
-        return ProducerSink(self.settings, self.topic, encode_update)
+        return _UpdatesSink(self.settings, self.topic)
 
     def feed(self) -> KafkaUpdateFeed:
         return KafkaUpdateFeed(self.settings, self.topic)
