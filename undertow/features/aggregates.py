@@ -69,7 +69,12 @@ def ratio_to_mean(x: float, xs: Sequence[float]) -> float:
     >>> ratio_to_mean(3.0, [1.0, 3.0]), ratio_to_mean(3.0, [-1.0, 1.0])
     (1.5, 1.0)
     """
-    m = sum(xs) / len(xs)
+    return ratio_of_sum(x, sum(xs), len(xs))
+
+
+def ratio_of_sum(x: float, total: float, n: int) -> float:
+    """:func:`ratio_to_mean` from the window's sum and size (a sum the caller has already)."""
+    m = total / n
     return x / m if m else 1.0
 
 

@@ -19,6 +19,7 @@ import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -143,6 +144,15 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @cached_property
+    def base_plan(self) -> tuple[tuple[tuple[str, str], ...],
+                                 tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]]:
+        """The pass-through features as (name, field), and per one-hot field its features as
+        (name, value): what is read off each record, worked out once rather than per record."""
+        return (tuple((p.name, p.field) for p in self.passthrough),
+                tuple((o.field, tuple(zip(o.names(), o.values, strict=True)))
+                      for o in self.onehot))
 
     def groups(self) -> list[KeyGroup]:
         """One group per entity key, in the order keys first appear in the spec."""

@@ -23,7 +23,7 @@ from undertow.features.aggregates import (
     PaneAggregate,
     decayed_mean,
     pane_for,
-    ratio_to_mean,
+    ratio_of_sum,
 )
 from undertow.features.spec import FeatureSpec, KeyGroup
 from undertow.watermark import Watermark
@@ -102,6 +102,29 @@ class History:
 
 # -- one key group --------------------------------------------------------------------------------
 
+# How :meth:`GroupState._rolling` computes each rolling feature (the others: BY_VALUES).
+_COUNT, _SUM, _MEAN, _RATIO, _SINCE_PREV, _LAST, _DISTINCT, _EWM, _BY_VALUES = range(9)
+_KINDS = {"count": _COUNT, "sum": _SUM, "mean": _MEAN, "ratio": _RATIO,
+          "since_prev": _SINCE_PREV, "last": _LAST, "distinct": _DISTINCT, "ewm": _EWM}
+_NO_SUMS: list[Any] = []
+
+
+def _rolling_plan(group: KeyGroup, widths: list[int]
+                  ) -> tuple[list[tuple[str, int, int, Any, int, Any]], int]:
+    """Per rolling feature, in order: (name, kind, index of its width, field, slot of its
+    window's sum or -1, the feature); and the number of sum slots (one per field and width
+    that a sum, a mean or a ratio reads)."""
+    slots: dict[tuple[str, int], int] = {}
+    plan = []
+    for f in group.rolling:
+        kind = _KINDS.get(f.agg, _BY_VALUES)
+        slot = -1
+        if kind in (_SUM, _MEAN, _RATIO):
+            slot = slots.setdefault((f.field, f.window_ms), len(slots))  # type: ignore[arg-type]
+        plan.append((f.name, kind, widths.index(f.window_ms), f.field, slot, f))
+    return plan, len(slots)
+
+
 class GroupState:
     """The state of one key group (of one shard): entity histories and open windows.
 
@@ -131,6 +154,18 @@ class GroupState:
         self._widths = sorted({f.window_ms for f in group.rolling})
         self._windowed = [(i, w.hop_ms, w.size_ms, w.field, w.agg, w.distinct_bound)
                           for i, w in enumerate(group.windowed)]
+        self._plan = _rolling_plan(group, self._widths)
+
+    # A snapshot holds the state, not the plan (derived from the group): snapshots from before
+    # the plan existed restore, and the plan is rebuilt on restore.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_plan", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._plan = _rolling_plan(self.group, self._widths)
 
     # -- the one entry point ----------------------------------------------------------------------
 
@@ -242,29 +277,41 @@ class GroupState:
                  ) -> dict[str, float]:
         tss = hist.ts
         hi = idx + 1
-        lows = {w: bisect_right(tss, ts - w, 0, hi) for w in self._widths}
+        lows = [bisect_right(tss, ts - w, 0, hi) for w in self._widths]
         out: dict[str, float] = {}
         cols = hist.cols
-        for f in self.group.rolling:
-            lo = lows[f.window_ms]
-            agg = f.agg
-            if agg == "count":
+        plan, n_sums = self._plan
+        # The sum of one field's window is taken once, for its sum, mean and ratio features.
+        sums: list[Any] = [None] * n_sums if n_sums else _NO_SUMS
+        for name, kind, wi, fld, slot, f in plan:
+            lo = lows[wi]
+            if kind == _COUNT:
                 v: float = hi - lo
-            elif agg == "since_prev":
-                gap = ts - tss[idx - 1] if idx > lo else f.window_ms
-                v = (gap if gap < f.window_ms else f.window_ms) / 1000.0
-            elif agg == "last":
-                v = float(cols[f.field][idx - 1]) if idx > lo else f.default  # type: ignore[index]
-            elif agg == "distinct":
-                v = len(set(cols[f.field][lo:hi]))  # type: ignore[index]
-            elif agg == "ewm":
-                v = decayed_mean(cols[f.field][lo:hi], tss[lo:hi], ts,  # type: ignore[index]
+            elif kind == _SUM or kind == _MEAN:
+                total = sums[slot]
+                if total is None:
+                    total = sums[slot] = sum(cols[fld][lo:hi])
+                v = total if kind == _SUM else total / (hi - lo)
+            elif kind == _RATIO:
+                x = fields[fld]
+                total = sums[slot]
+                if total is None:
+                    total = sums[slot] = sum(cols[fld][lo:hi])
+                v = ratio_of_sum(x, total, hi - lo)
+            elif kind == _SINCE_PREV:
+                window = f.window_ms
+                gap = ts - tss[idx - 1] if idx > lo else window
+                v = (gap if gap < window else window) / 1000.0
+            elif kind == _LAST:
+                v = float(cols[fld][idx - 1]) if idx > lo else f.default
+            elif kind == _DISTINCT:
+                v = len(set(cols[fld][lo:hi]))
+            elif kind == _EWM:
+                v = decayed_mean(cols[fld][lo:hi], tss[lo:hi], ts,
                                  f.half_life_ms)  # type: ignore[arg-type]
-            elif agg == "ratio":
-                v = ratio_to_mean(fields[f.field], cols[f.field][lo:hi])  # type: ignore[index]
             else:
-                v = BY_VALUES[agg](cols[f.field][lo:hi])  # type: ignore[index]
-            out[f.name] = v
+                v = BY_VALUES[f.agg](cols[fld][lo:hi])
+            out[name] = v
         return out
 
     def _add_to_panes(self, entity: str, ts: int, fields: dict[str, Any],
@@ -370,12 +417,13 @@ class SpecState:
 
 def base_features(spec: FeatureSpec, fields: dict[str, Any]) -> dict[str, float]:
     """The pass-through and one-hot features of one record."""
+    passthrough, onehot = spec.base_plan
     out: dict[str, float] = {}
-    for p in spec.passthrough:
-        out[p.name] = float(fields[p.field])
-    for o in spec.onehot:
-        v = fields.get(o.field)
-        for name, value in zip(o.names(), o.values, strict=True):
+    for name, fld in passthrough:
+        out[name] = float(fields[fld])
+    for fld, columns in onehot:
+        v = fields.get(fld)
+        for name, value in columns:
             out[name] = 1.0 if v == value else 0.0
     return out
 
