@@ -466,18 +466,29 @@ def _bounded(name: str, v: Any, lo: Any, hi: Any) -> None:
 
 
 def _check_fields(obj: dict[str, Any], schema: EventSchema) -> None:
+    # Each rule's common case is checked inline; anything else goes the long way, which raises
+    # the precise reason (or, for an integer, checks it fits a float).
+    get = obj.get
     for name, kind, lo, hi, values in schema._checks:
         if kind == _NUMBER:
-            _bounded(name, _number(obj, name), lo, hi)
+            v = get(name)
+            if type(v) is not float or v - v != 0.0:  # not a finite float (inf - inf is NaN)
+                v = _number(obj, name)
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                _bounded(name, v, lo, hi)
         elif kind == _STRING:
-            _string(obj, name)
+            v = get(name)
+            if type(v) is not str or not v:
+                _string(obj, name)
         elif kind == _CATEGORY:
+            v = get(name)
+            if type(v) is str and v in values:  # type: ignore[operator]
+                continue
             v = _get(obj, name)
             if type(v) is not str:
                 raise _Invalid(WRONG_TYPE, f"field {name!r} must be a string, got "
                                            f"{type(v).__name__}")
-            if v not in values:  # type: ignore[operator]
-                raise _Invalid(UNKNOWN_CATEGORY, f"field {name!r} has unknown value {v[:100]!r}")
+            raise _Invalid(UNKNOWN_CATEGORY, f"field {name!r} has unknown value {v[:100]!r}")
         elif kind == _INTEGER:
             v = _get(obj, name)
             if type(v) is not int:
@@ -489,6 +500,22 @@ def _check_fields(obj: dict[str, Any], schema: EventSchema) -> None:
             if type(v) is not bool:
                 raise _Invalid(WRONG_TYPE, f"field {name!r} must be a boolean, got "
                                            f"{type(v).__name__}")
+
+
+def _id_key_ts(obj: dict[str, Any], id_field: str, key_field: str, ts_field: str
+               ) -> tuple[str, str, int]:
+    """The id, key and time of a record; the common case inline, else the checks that raise."""
+    get = obj.get
+    event_id = get(id_field)
+    if type(event_id) is not str or not event_id:
+        event_id = _string(obj, id_field)
+    key = get(key_field)
+    if type(key) is not str or not key:
+        key = _string(obj, key_field)
+    ts = get(ts_field)
+    if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
+        ts = _epoch_ms(obj, ts_field)
+    return event_id, key, ts
 
 
 def decode_event(
@@ -530,9 +557,8 @@ def event_of(
     try:
         if not isinstance(obj, dict):
             raise _Invalid(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
-        event_id = _string(obj, schema.id_field)
-        event_key = _string(obj, schema.key_field)
-        ts = _epoch_ms(obj, schema.ts_field)
+        event_id, event_key, ts = _id_key_ts(obj, schema.id_field, schema.key_field,
+                                             schema.ts_field)
         _check_fields(obj, schema)
         return Event(event_id, event_key, ts, obj, read_at, partition, seq, raw, topic, offset,
                      key)
@@ -570,9 +596,8 @@ def decode_label(
     """
     try:
         obj = _loads(raw)
-        event_id = _string(obj, schema.id_field)
-        label_key = _string(obj, schema.key_field)
-        ts = _epoch_ms(obj, schema.ts_field)
+        event_id, label_key, ts = _id_key_ts(obj, schema.id_field, schema.key_field,
+                                             schema.ts_field)
         value = _label_value(obj, schema)
         return Label(event_id, label_key, ts, value, read_at, raw, topic, partition, offset, seq)
     except _Invalid as ex:
