@@ -55,6 +55,7 @@ import math
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 #: Width of a calibration bin in log-odds, and how far from the threshold the bins reach (the
 #: outermost bins are open-ended): 64 bins, from about 0.0003 to 0.9997 around a 0.5 threshold.
@@ -148,7 +149,7 @@ class ConfidenceEstimate:
     __slots__ = ("window", "calibration_window", "min_labels", "threshold", "edges", "_above",
                  "_served", "_counts", "_labelled", "_labels", "_positives", "_per_key",
                  "_key_squares", "_last_residual", "_pair_sum", "_pairs", "_square_sum",
-                 "_seen")
+                 "_seen", "_positive_total")
 
     def __init__(self, window: int = 1000, calibration_window: int = 5000, *,
                  threshold: float = 0.5, min_labels: int = 200) -> None:
@@ -168,6 +169,7 @@ class ConfidenceEstimate:
         self._labelled: deque[tuple[int, bool, float | None, float]] = deque()  # bin, y, pair, r^2
         self._labels = [0] * nbins
         self._positives = [0] * nbins
+        self._positive_total = 0  # sum(self._positives), kept as they change
         # Clustering: the window's predictions per key (and the sum of their squares), and on
         # the labelled side each key's last residual and the running sums of the products of
         # consecutive residuals of one key, their count, and of squared residuals.
@@ -178,6 +180,13 @@ class ConfidenceEstimate:
         self._pairs = 0
         self._square_sum = 0.0
         self._seen = 0
+
+    def __setstate__(self, state: Any) -> None:
+        slots = state[1] if isinstance(state, tuple) else state
+        for k, v in slots.items():
+            setattr(self, k, v)
+        if "_positive_total" not in slots:  # pickled before the running total was kept
+            self._positive_total = sum(self._positives)
 
     def _bin(self, score: float) -> int:
         return bisect_left(self.edges, score)
@@ -214,7 +223,7 @@ class ConfidenceEstimate:
         y = bool(y)
         # The residual against the bin's rate so far (unpooled, with the base-rate pseudo-label).
         m = len(self._labelled)
-        rate = (sum(self._positives) + 0.5) / (m + 1)
+        rate = (self._positive_total + 0.5) / (m + 1)
         r = y - (self._positives[b] + rate) / (self._labels[b] + 1)
         pair: float | None = None
         self._seen += 1
@@ -235,10 +244,12 @@ class ConfidenceEstimate:
         self._labelled.append((b, y, pair, r * r))
         self._labels[b] += 1
         self._positives[b] += y
+        self._positive_total += y
         if len(self._labelled) > self.calibration_window:
             ob, oy, opair, osq = self._labelled.popleft()
             self._labels[ob] -= 1
             self._positives[ob] -= oy
+            self._positive_total -= oy
             if opair is not None:
                 self._pairs -= 1
                 self._pair_sum -= opair
@@ -260,7 +271,7 @@ class ConfidenceEstimate:
         """Per bin: calibrated ``P(y = 1)``, the isotonic block it belongs to; per block: the
         variance of its ``P``."""
         m = len(self._labelled)
-        rate = sum(self._positives) / m if m else 0.0
+        rate = self._positive_total / m if m else 0.0
         blocks = isotonic_blocks(self._labels, self._positives, min(max(rate, 1e-3), 1 - 1e-3))
         nbins = len(self._counts)
         p = [0.0] * nbins
