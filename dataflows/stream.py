@@ -496,8 +496,11 @@ def build_flow(
             make_feed=updates.feed, reply_extra=reply_extra)
 
     gaps = op.merge("gaps", events.errs, labels.errs, features.late) if ordered else None
+    # Replicated mode: the labels cross to the trainer's worker a list per batch, not one by one.
+    to_learn = op.flat_map_batch("bundle_labels", labels.oks, lambda b: [b]) if replicated \
+        else labels.oks
     served = serve_and_learn(
-        "model", None if replicas is not None else features.featured, labels.oks,
+        "model", None if replicas is not None else features.featured, to_learn,
         model_name=champion_name(s, stream),
         make_learner=learner_at_run_time, controls=controls, gaps=gaps, ordered=ordered,
         load_model=model_loader(s) if s.model_dir else None,

@@ -230,6 +230,8 @@ class _LearnerLogic(StatefulBatchLogic[Any, Any, ModelStepState]):
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
         learner = self.state.learner
+        if self.publish is not None:  # replicated mode: records come a list per batch
+            values = [x for v in values for x in (v if type(v) is list else (v,))]
         if self.ordered:
             self._ordered(values, out)
         else:
@@ -434,7 +436,7 @@ def serve_and_learn(
     requests: Stream[Request] | None = None,
     reply_extra: dict[str, Any] | None = None,
     describe_extra: dict[str, Any] | None = None,
-    served: Stream[Served] | None = None,
+    served: Stream[list[Served]] | None = None,
     publish: UpdatePolicy | None = None,
 ) -> LearnOut:
     """Score every event with the learner's models and learn from each label when it is due.
@@ -448,7 +450,8 @@ def serve_and_learn(
     batch (checkpointing).
 
     Replicated mode (:mod:`undertow.replica`): ``served`` are the events scoring replicas
-    served (``events`` is then usually empty), learned on as served; with ``publish`` the step
+    served, a list per batch (``events`` is then None), learned on as served; with ``publish``
+    labels may come a list per batch too, and the step
     emits a :class:`~undertow.replica.ModelUpdate` on ``updates`` when the policy says, after
     every command, and at its first batch.
 

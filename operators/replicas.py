@@ -45,11 +45,13 @@ class _Bundle(NamedTuple):
 @dataclass(frozen=True)
 class ReplicaOut:
     """The champion's predictions, the challengers' shadow predictions, what was served (for
-    the trainer), replies to requests, and dead letters (a model that failed to score)."""
+    the trainer: one list per batch, so that a batch crosses to the trainer's process as one
+    item, not one per record), replies to requests, and dead letters (a model that failed to
+    score)."""
 
     predictions: Stream[Prediction]
     shadow: Stream[Prediction]
-    served: Stream[Served]
+    served: Stream[list[Served]]
     replies: Stream[Reply]
     errs: Stream[DeadLetter]
 
@@ -125,7 +127,7 @@ def serve_replicas(
     return ReplicaOut(
         op.flat_map("predictions", bundles, lambda b: b.predictions),
         op.flat_map("shadow", bundles, lambda b: b.shadow),
-        op.flat_map("served", bundles, lambda b: b.served),
+        op.flat_map("served", bundles, lambda b: [b.served] if b.served else []),
         op.flat_map("replies", bundles, lambda b: b.replies),
         op.flat_map("errs", bundles, lambda b: b.errs),
     )
