@@ -22,7 +22,9 @@ clock starts. Then every repetition runs each row once per model, on the same re
 4. **undertow, 1 process** / **2 processes**: ``python -m bytewax.run dataflows.stream:flow``
    on ``streams/fraud.toml`` with ``UNDERTOW_TAIL=false``, one process, or two joined by
    Bytewax's ``-i/-a``. ``--undertow-env`` adds settings to both, ``--two-process-env`` to the
-   two-process run only (e.g. a scale-out mode).
+   two-process run only: by default ``UNDERTOW_MODEL_MODE=replicated`` (docs/scaling.md; give
+   ``--two-process-env UNDERTOW_MODEL_MODE=exact`` for the one-key model step on two
+   processes). Each undertow run has a model-updates topic of its own.
 
 Rows 2-4 are child processes, each writing to a predictions topic of its own (created before it
 starts, deleted after it is read back); a run that leaves anything but exactly one prediction per
@@ -350,13 +352,15 @@ class Bench:
                          "naive_bytewax")
 
     def undertow(self, model: str, processes: int) -> dict[str, Any]:
-        predictions, deadletter = self.fresh_topics("predictions", "deadletter")
+        predictions, deadletter, updates = self.fresh_topics("predictions", "deadletter",
+                                                             "model-updates")
         env = child_env({
             "UNDERTOW_STREAM": "streams/fraud.toml",
             "UNDERTOW_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
             "UNDERTOW_TAIL": "false", "UNDERTOW_MODEL": model,
             "UNDERTOW_EVENTS_TOPIC": "events", "UNDERTOW_LABELS_TOPIC": "labels",
             "UNDERTOW_PREDICTIONS_TOPIC": predictions, "UNDERTOW_DEADLETTER_TOPIC": deadletter,
+            "UNDERTOW_MODEL_UPDATES_TOPIC": updates,
             **self.args.undertow_env, **(self.args.two_process_env if processes > 1 else {}),
         })
         args: list[list[str]] = [[]]
@@ -370,7 +374,7 @@ class Bench:
             return run_children(self.kafka, self.n, predictions, children, self.ids,
                                 self.timeout)
         finally:
-            self.drop_topics([predictions, deadletter])
+            self.drop_topics([predictions, deadletter, updates])
 
 
 def repetition(bench: Bench, model: str, processes: list[int]) -> dict[str, dict[str, Any]]:
@@ -570,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 1 or args.partitions < 1 or args.reps < 1 or not set(processes) <= {1, 2}:
         ap.error("--events, --partitions, --reps must be >= 1; --processes from 1,2")
     args.undertow_env = parse_env(args.undertow_env, "--undertow-env", ap)
-    args.two_process_env = parse_env(args.two_process_env, "--two-process-env", ap)
+    args.two_process_env = {"UNDERTOW_MODEL_MODE": "replicated",
+                            **parse_env(args.two_process_env, "--two-process-env", ap)}
 
     env = environment()
     w = generate(WorkloadConfig(seed=args.seed, n_events=args.events))
