@@ -144,9 +144,9 @@ class _ShardLogic(StatefulBatchLogic[FeaturedEvent, Any, GroupState]):
                     f"at step {self.step_id!r}", self.step_id,
                 ))
                 continue
-            merged = dict(fe.features)
-            merged.update(feats)
-            featured.append(FeaturedEvent(ev, merged, via))
+            # feats is a new dict of this record's: the first step's can be passed on as it is.
+            featured.append(FeaturedEvent(ev, {**fe.features, **feats} if fe.features else feats,
+                                          via))
         self._report(len(windows))
 
     def on_notify(self) -> tuple[list[Any], bool]:
