@@ -221,11 +221,15 @@ class GroupState:
                 raise
         if self._windowed:
             self._add_to_panes(entity, ts, fields, closed_upto)
-        self.wm.update(partition, ts)
-        wm = self.wm.value
+        clock = self.wm
+        clock.update(partition, ts)
+        wm = clock.value
         if wm is not None:
-            self._close(wm - self.lateness, out_windows)
-            self._evict(wm - self.lateness - g.longest_ms)
+            closed_upto = wm - self.lateness
+            closing = self._closing
+            if closing and closing[0][0] <= closed_upto:  # else _close has nothing to do
+                self._close(closed_upto, out_windows)
+            self._evict(closed_upto - g.longest_ms)
         return feats
 
     def peek(self, fields: dict[str, Any], ts: int) -> dict[str, float] | None:
