@@ -277,6 +277,8 @@ def run_children(kafka: EmbeddedKafka, n: int, topic: str, children: list[ChildP
         "cpu_s_per_1k": 1000 * cpu / n, "broker_cpu_s_per_1k": 1000 * broker / n,
         "peak_rss_mb": sum(sampler.hwm[p] for p in pids),
         "peak_rss_mb_each": [sampler.hwm[p] for p in pids], "predictions": len(msgs),
+        # per process (replicated mode: the trainer's process is the busier one)
+        "cpu_s_per_1k_each": [1000 * sampler.cpu_between(p, t0, t1) / n for p in pids],
         "events_per_s_to_last_prediction": n / (t_last - t0),
         "done_after_last_prediction_s": t1 - t_last, "exit_after_done_s": t_exit - t1,
         "process_cpu_s_whole_run": sum(sampler.cpu[p][-1][1] for p in pids),
@@ -616,6 +618,12 @@ def main(argv: list[str] | None = None) -> int:
                 / rows["undertow, 1 process"]["events_per_s"] for rows in runs[m])
         print("\n2 processes / 1 process (events/s, median of the per-repetition ratios): "
               + ", ".join(f"{m} {v:.2f}x" for m, v in scale.items()))
+        each = {m: [statistics.median(sorted(rows["undertow, 2 processes"]["cpu_s_per_1k_each"],
+                                             reverse=True)[i] for rows in runs[m])
+                    for i in range(2)] for m in models}
+        print("2 processes: CPU s per 1k events of the stream, busier process / the other "
+              "(replicated mode: the busier runs the trainer): "
+              + ", ".join(f"{m} {a:.3f} / {b:.3f}" for m, (a, b) in each.items()))
     memory = measure_memory(args.memory_n) if args.memory else None
     if args.json is not None:
         args.json.write_text(json.dumps({
