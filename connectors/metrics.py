@@ -314,12 +314,17 @@ UPDATES_PUBLISHED = Counter(
 UPDATE_BYTES = Gauge(
     "undertow_model_update_bytes", "Size of the newest model update (compressed).", ["model"])
 UPDATES_APPLIED = Counter(
-    "undertow_model_updates_applied", "Model updates swapped in by this process's replicas.",
+    "undertow_model_updates_applied", "Model updates swapped in by this process's replica.",
     ["model"])
-REPLICA_UPDATE_AGE = Gauge(
-    "undertow_replica_model_age_seconds",
-    "Wall time since the trainer published the update a replica serves with, at its last "
-    "batch (one series per replica).", ["model", "replica"])
+
+
+def declare_replicated(model: str) -> None:
+    """The replicated-mode series of a model step at zero, in either mode: a dashboard shows 0
+    updates and no staleness for an exact step, and rate() sees the first count."""
+    REPLICA_STALENESS.series(model)
+    UPDATES_PUBLISHED.labels(model=model)
+    UPDATE_BYTES.labels(model=model)
+    UPDATES_APPLIED.labels(model=model)
 
 
 def declare_reasons(step: str) -> None:

@@ -245,6 +245,22 @@ def overview() -> db.Dashboard:
                         [("sum(undertow_gateway_in_flight)", "in flight"),
                          (f"sum(rate(undertow_gateway_late_replies_total[{RI}]))",
                           "late replies /s")], w=24)))
+    d = (d.with_row(row("Replicated mode (docs/scaling.md)"))
+         .with_panel(ts("Replica staleness", "Labels the trainer's champion had learned that "
+                        "the replica's copy had not, per served event (replicated mode; none in "
+                        "exact mode).",
+                        quantiles("undertow_replica_staleness_labels", (0.5, 0.99)),
+                        w=8))
+         .with_panel(ts("Model updates", "Updates the trainer published and the replicas "
+                        "swapped in, per second (0 in exact mode).",
+                        [(f"sum by (model) (rate(undertow_model_updates_published_total{{{M}}}"
+                          f"[{RI}]))", "published {{model}}"),
+                         (f"sum by (model) (rate(undertow_model_updates_applied_total{{{M}}}"
+                          f"[{RI}]))", "applied {{model}}")], unit="ops", w=8))
+         .with_panel(ts("Model update size", "The newest update's compressed size: the "
+                        "models of every slot (0 in exact mode).",
+                        [(f"max by (model) (undertow_model_update_bytes{{{M}}})", "{{model}}")],
+                        unit="bytes", w=8)))
     return d
 
 

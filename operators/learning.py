@@ -489,8 +489,7 @@ def serve_and_learn(
         keyed.append(op.key_on("key_requests", requests, lambda _: name))
     if served is not None:
         keyed.append(op.key_on("key_served", served, lambda _: name))
-    if publish is not None:
-        metrics.UPDATES_PUBLISHED.labels(model=name)
+    metrics.declare_replicated(name)
     if gaps is not None:
         if not ordered:
             raise ValueError(f"serve_and_learn {step_id!r}: gaps are only used in ordered mode")

@@ -13,10 +13,8 @@ dead letters), split into streams by list, not record by record.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -30,9 +28,6 @@ from undertow.replica import Replica
 from undertow.requests import Reply
 from undertow.schema import DeadLetter, FeaturedEvent, Prediction
 from undertow.serving import Served
-
-_replicas = itertools.count()
-
 
 class _Bundle(NamedTuple):
     predictions: list[Prediction]
@@ -63,9 +58,7 @@ class _Worker:
         self.replica = replica
         self.feed = feed
         self.reply_extra = reply_extra
-        self.name = f"{os.getpid()}.{next(_replicas)}"
         self._applied = metrics.UPDATES_APPLIED.labels(model=replica.name)
-        self._age = metrics.REPLICA_UPDATE_AGE.labels(model=replica.name, replica=self.name)
 
     def on_batch(self, batch: list[FeaturedEvent]) -> _Bundle:
         r = self.replica
@@ -73,8 +66,6 @@ class _Worker:
         if update is not None:
             r.apply(update)
             self._applied.inc()
-        if r.published_at is not None:
-            self._age.set(max(0.0, time.time() - r.published_at))
         preds: list[Prediction] = []
         shadow: list[Prediction] = []
         served: list[Served] = []
