@@ -4,8 +4,8 @@
 is on (the worker of its last feature shard), so decoding, features and serving scale with the
 workers and processes. Each process keeps one :class:`~undertow.replica.Replica`, built on
 first use and shared by its workers, and before each batch polls its *feed*
-(:mod:`connectors.updates`) for the newest model update. A replica's state is derived: after a restart it starts from the newest
-update on the feed, so Bytewax need not snapshot it.
+(:mod:`connectors.updates`) for the newest model update. A replica's state is derived: after a
+restart it starts from the newest update on the feed, so Bytewax need not snapshot it.
 
 Each batch comes out as one bundle (predictions, shadow predictions, served records, replies,
 dead letters), split into streams by list, not record by record.
@@ -97,8 +97,9 @@ def serve_replicas(
 ) -> ReplicaOut:
     """Serve every featured event on the worker it is on, with its process's replica.
 
-    ``make_replica`` builds the replica (at run time, on a worker), ``make_feed`` its feed of model updates (``poll() -> ModelUpdate | None``). Requests are answered with the
-    replica's champion (``reply_extra`` goes into every reply).
+    ``make_replica`` builds the replica (at run time, on a worker), ``make_feed`` its feed of
+    model updates (``poll() -> ModelUpdate | None``). Requests are answered with the replica's
+    champion (``reply_extra`` goes into every reply).
     """
     # One replica per process, shared by its workers under a lock: Bytewax may call a step
     # from another thread at each activation (seen with -i/-a), so a thread-local would be
