@@ -522,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a setting of the dataflow (repeatable), e.g. "
                          f"{OPT}FETCH_WAIT_MAX_MS=100; under --sweep, under every row")
     ap.add_argument("--sweep", action="store_true", help="one paced run per SWEEP setting")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="with --sweep: only the rows whose name holds TEXT (repeatable)")
     ap.add_argument("--probe", action="store_true",
                     help="only the fetch experiments on a bare broker (no dataflow)")
     ap.add_argument("--json", type=Path, help="write every row here")
@@ -541,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cap['written_per_s']:g} events/s (broker {cap['broker_cpu_pct']:g} %, "
                   f"dataflow {cap['flow_cpu_pct']:g} %); paced at {args.fraction:g} of it: "
                   f"{rate:.0f} events/s", flush=True)
-        runs = SWEEP if args.sweep else [(" ".join(args.env) or "defaults", {})]
+        runs = ([(n, e) for n, e in SWEEP if not args.only or any(t in n for t in args.only)]
+                if args.sweep else [(" ".join(args.env) or "defaults", {})])
         out["rows"] = []
         print(HEADER, flush=True)
         for name, settings in runs:
