@@ -199,3 +199,29 @@ def test_an_update_round_trips_through_its_encoding():
         {n: state(s.model) for n, s in trainer.slots.items()}
     assert decode_update(b"not a pickle") is None
     assert decode_update(pickle.dumps({"not": "an update"})) is None
+
+
+def test_a_backtest_is_exact_whatever_the_model_mode(tmp_path):
+    """Replays always run the exact model step: a backtest with UNDERTOW_MODEL_MODE=replicated
+    writes the same bytes as one without, equal to the plain River loop."""
+    import orjson
+
+    from connectors.replay import EVENT, LABEL, FileInput, ReplaySource
+    from dataflows.backtest import run_backtest
+    from tests.test_backtest import write_jsonl
+    from undertow.models import make_model
+    from undertow.reference import run_reference
+
+    w = generate(WorkloadConfig(seed=9, n_events=1500, n_cards=80, n_merchants=20))
+    events = write_jsonl(tmp_path / "events.jsonl", w.events)
+    labels = write_jsonl(tmp_path / "labels.jsonl", w.labels)
+    out = {}
+    for mode in ("exact", "replicated"):
+        replay = ReplaySource([FileInput(str(events), EVENT, "events")],
+                              [FileInput(str(labels), LABEL, "labels")])
+        run_backtest(replay, tmp_path / mode, models=[("lr", "logreg")],
+                     env={"UNDERTOW_MODEL_MODE": mode})
+        out[mode] = (tmp_path / mode / "predictions.jsonl").read_bytes()
+    assert out["replicated"] == out["exact"]
+    got = {p["event_id"]: p["score"] for p in map(orjson.loads, out["exact"].splitlines())}
+    assert got == run_reference(w.events, w.labels, make_model("logreg")).scores
