@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from undertow.schema import FeaturedEvent, Prediction
+from undertow.schema import MODEL_ERROR, DeadLetter, FeaturedEvent, Prediction
 from undertow.serving import Served, answer_slots, serve_slots
 from undertow.targets import Target
 
@@ -142,8 +142,6 @@ class Replica:
         now = self.wall_clock() if self.wall_clock is not None else ev.ts / 1000.0
 
         def failed(model: str, ex: Exception) -> None:
-            from undertow.schema import MODEL_ERROR, DeadLetter
-
             self.model_errors += 1
             out.append(DeadLetter.of_event(
                 ev, MODEL_ERROR,
